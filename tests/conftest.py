@@ -1,0 +1,30 @@
+"""Shared fixtures: a small random Wan pipeline saved to disk, loaded through the real `from_pretrained` path."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from vidgen_prune.tiny.pipeline import TinyConfig, build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    # 6 blocks: with reselection every 3 blocks, 4 of them prune, so reductions up to 0.4 (+δ) are reachable
+    build_pipeline(replace(TinyConfig.for_tests(), num_layers=6), seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    from vidgen_prune.engine import load_pipeline
+
+    return load_pipeline(str(tiny_model_dir))
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,26 @@
+"""The `vidprune` command line: a thin Typer app; each command lives in `vidgen_prune/commands/`."""
+
+from __future__ import annotations
+
+import typer
+
+from .commands.generate import generate
+
+app = typer.Typer(
+    name="vidprune",
+    help="Faster diffusion-transformer video generation by token pruning, with the quality cost measured.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Exit codes: 0 ok, 1 runtime failure, 2 bad input (refused before any compute, no output written)."""
+
+
+app.command()(generate)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""One module per CLI command; each function's docstring is its help text."""

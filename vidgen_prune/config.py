@@ -1,0 +1,104 @@
+"""Frozen run configurations: the CLI and YAML presets build them, the engine consumes them.
+
+Every check a user's input can fail lives in `__post_init__`, so bad input is refused with one clear
+message before any model is loaded or any step is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MAX_REDUCTION = 0.95
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "dense"
+    reduction: float = 0.0  # mean fraction of token·block computations skipped per generation
+    alpha: float = 0.5  # TAPE smoothing weight (Eq. 2): smaller trusts the previous frame more
+    reselect_every: int = 10  # TAPE: a dense, rescoring block every R blocks (paper: 10 of 60)
+    schedule: str = "highlow"  # TAPE timestep budget: highlow | constant | lowhigh
+    schedule_delta: float = 0.1  # HighLow runs from r+δ down to r−δ (paper: 30 % → 10 % for 20 %)
+    schedule_stages: int = 5  # rate levels over the steps (paper: a new level every 10 of 50 steps)
+    evit_layers: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)  # EViT stages as depth fractions (paper: 10/30/50 of 60)
+    score_queries: int = 256  # sampled queries for attention-received scores on long sequences
+    kernels: str = "auto"  # auto | triton | torch
+
+    def __post_init__(self):
+        from .pruning import METHODS
+        from .pruning.schedule import SCHEDULES
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not 0.0 <= self.reduction < MAX_REDUCTION:
+            raise ValueError(f"--reduction must be in [0, {MAX_REDUCTION}), got {self.reduction}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"--alpha must be in (0, 1], got {self.alpha}")
+        if self.reselect_every < 1:
+            raise ValueError(f"--reselect-every must be at least 1, got {self.reselect_every}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.schedule_delta < MAX_REDUCTION:
+            raise ValueError(f"--schedule-delta must be in [0, {MAX_REDUCTION}), got {self.schedule_delta}")
+        if self.schedule_stages < 1 or self.score_queries < 1:
+            raise ValueError("schedule_stages and score_queries must be positive")
+        if not self.evit_layers or any(not 0.0 < f < 1.0 for f in self.evit_layers):
+            raise ValueError(f"evit_layers are depth fractions in (0, 1), got {self.evit_layers}")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise ValueError(f"--kernels must be auto, triton or torch, got {self.kernels!r}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None  # folder or hub id of a diffusers pipeline; None = the embedded tiny model
+    steps: int = 20
+    frames: int = 17  # Wan: 4k+1
+    height: int = 128  # divisible by 16
+    width: int = 128
+    guidance: float = 5.0
+    seed: int = 0
+    fps: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+    out: Path | None = None  # MP4 path; a JSON sidecar is written beside it
+
+    def __post_init__(self):
+        if not self.prompt.strip():
+            raise ValueError("--prompt must not be empty")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        if self.frames < 1 or (self.frames - 1) % 4:
+            raise ValueError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {self.frames}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value < 16 or value % 16:
+                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+        if self.fps < 1:
+            raise ValueError(f"--fps must be at least 1, got {self.fps}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device.startswith("cuda") and not _cuda_available():
+            raise ValueError(f"--device {self.device} asked for, but CUDA is not available on this machine")
+        if self.model is not None and _looks_like_path(self.model) and not Path(self.model).is_dir():
+            raise ValueError(f"--model folder not found: {self.model}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is `owner/name`; anything else with a path shape, or that exists, is a local folder."""
+    return Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def config_keys(cls) -> set[str]:
+    return {f.name for f in fields(cls)}

@@ -1,0 +1,22 @@
+"""Pruning methods, one file each. The registry is also the CLI's list of `--method` choices; it names classes
+by module so that reading it (for `--help`) imports no torch."""
+
+from __future__ import annotations
+
+import importlib
+
+# method name → "module:Class" inside this package
+METHODS: dict[str, str] = {
+    "dense": "base:DensePruner",
+    "tape": "tape:TapePruner",
+    "tape-s": "tape:TapeSmoothingOnly",
+    "tape-r": "tape:TapeReselectionOnly",
+    "tape-t": "tape:TapeScheduleOnly",
+    "evit": "evit:EvitPruner",
+}
+
+
+def make_pruner(config):
+    """The pruner `config.method` names, built from `config` (a PruneConfig)."""
+    module, name = METHODS[config.method].split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), name)(config)

@@ -1,0 +1,87 @@
+"""Token importance: attention received, temporal smoothing and top-k selection.
+
+Importance of a token = the mean, over queries and heads, of the softmax attention it receives (a column
+mean of softmax(QKᵀ/√d)). Long sequences use a strided subset of queries, so the Sq×N score matrix stays
+small; the attention_received op never holds it whole in memory on the Triton path either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..kernels.attention_score import attention_received
+from ..models import ModelAdapter, TokenGrid
+
+
+def strided_positions(num_tokens: int, max_count: int, device: torch.device) -> torch.Tensor | None:
+    """Evenly spaced positions (covering every frame) when `num_tokens` exceeds `max_count`, else None (all)."""
+    if num_tokens <= max_count:
+        return None
+    return torch.linspace(0, num_tokens - 1, max_count, device=device).round().long()  # (max_count,)
+
+
+class ScoreProbe:
+    """Lazily scores the input tokens of one block call; a pruner asks only at the layers where it selects."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        block: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        block_args: tuple[Any, ...],
+        grid: TokenGrid,
+        max_queries: int,
+        backend: str,
+    ):
+        self.adapter, self.block, self.hidden_states, self.block_args = adapter, block, hidden_states, block_args
+        self.grid, self.max_queries, self.backend = grid, max_queries, backend
+
+    @torch.no_grad()
+    def attention(self, positions: torch.Tensor | None = None, frame_local: bool = False) -> torch.Tensor:
+        """Attention received by each token (B, N), or by the tokens at `positions` (B, K) among themselves.
+
+        frame_local: queries and keys restricted to the token's own frame (per-frame scoring, as EViT on each
+        frame); then `positions` must hold the same number of tokens in every frame.
+        """
+        hidden, args = self.hidden_states, self.block_args
+        if positions is not None:
+            hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, D)
+            args = self.adapter.gather_block_args(positions, args)
+        batch, tokens = hidden.shape[:2]
+        groups = self.grid.frames if frame_local else 1
+        per_group = tokens // groups
+        group_queries = strided_positions(per_group, max(1, self.max_queries // groups), hidden.device)
+        query_index = None
+        if group_queries is not None:
+            offsets = torch.arange(groups, device=hidden.device).unsqueeze(1) * per_group  # (G, 1)
+            query_index = (offsets + group_queries).flatten().expand(batch, -1)  # (B, G·Sq)
+        query, key = self.adapter.query_key(self.block, hidden, args, query_index)  # (B, h, G·Sq, d), (B, h, K, d)
+        tokens_per_frame = per_group if frame_local else None
+        return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=self.backend)  # (B, K)
+
+
+def smooth_temporal(scores: torch.Tensor, grid: TokenGrid, alpha: float) -> torch.Tensor:
+    """TAPE Eq. 2: s̃[f] = α·s[f] + (1−α)·s[f−1] at the same spatial site, s̃[0] = s[0]; smaller α smooths more."""
+    per_frame = scores.unflatten(1, (grid.frames, grid.tokens_per_frame))  # (B, F, H·W)
+    smoothed = per_frame.clone()
+    smoothed[:, 1:] = alpha * per_frame[:, 1:] + (1 - alpha) * per_frame[:, :-1]
+    return smoothed.flatten(1)  # (B, N)
+
+
+def top_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted positions (B, count) of the highest scores (B, N); sorted keeps gathers frame-major."""
+    return scores.topk(count, dim=1).indices.sort(dim=1).values
+
+
+def top_positions_per_frame(scores: torch.Tensor, frames: int, count: int) -> torch.Tensor:
+    """Sorted positions (B, count) of the highest scores taken in equal numbers from every frame.
+
+    `scores` (B, N) is frame-major with N divisible by `frames`; `count` must be a multiple of `frames`, so
+    no frame is pruned harder than another (the EViT adaptation of the TAPE paper, Sec. 3.2).
+    """
+    per_frame = scores.unflatten(1, (frames, -1))  # (B, F, N/F)
+    local = per_frame.topk(count // frames, dim=2).indices.sort(dim=2).values  # (B, F, count/F)
+    offsets = torch.arange(frames, device=scores.device).view(1, frames, 1) * per_frame.shape[2]
+    return (local + offsets).flatten(1)  # (B, count)
