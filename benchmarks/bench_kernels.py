@@ -41,6 +41,7 @@ def main() -> None:
         sys.exit("bench_kernels.py times CUDA kernels and needs a CUDA GPU; torch.cuda.is_available() is False here.")
     import triton.testing
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
     from vidgen_prune.kernels import (
         attention_received,
         gather_norm_modulate,
@@ -48,7 +49,6 @@ def main() -> None:
         gather_tokens,
         scatter_gated_residual_,
     )
-
     from vidgen_prune.models.wan_fused import fused_skip_forward
 
     torch.manual_seed(0)

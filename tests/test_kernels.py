@@ -22,6 +22,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
 
 import pytest  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock  # noqa: E402
+
 from vidgen_prune.kernels import (  # noqa: E402
     attention_received,
     attention_received_torch,
@@ -35,7 +36,6 @@ from vidgen_prune.kernels import (  # noqa: E402
     scatter_gated_residual_,
     scatter_gated_residual_torch_,
 )
-
 from vidgen_prune.models.wan_fused import fused_skip_forward  # noqa: E402
 
 pytest.importorskip("triton")  # the [test] extra installs it on Linux; the torch references need nothing else

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate
-from vidgen_prune.models import adapter_for
+from vidgen_prune.models import adapter_for, wan_fused
 from vidgen_prune.pruning import make_pruner
 from vidgen_prune.pruning.hooks import apply_pruner, remove_pruner
 from vidgen_prune.pruning.plan import skip_plan
@@ -131,3 +133,19 @@ def test_tape_follows_the_highlow_schedule_per_step(tiny_pipe):
     fractions = [kept / total for kept, total in (controller.log.per_step[s] for s in range(5))]
     assert fractions == sorted(fractions)  # pruning relaxes step by step: 0.4 → 0.2
     assert fractions[0] == pytest.approx(0.6, abs=0.02) and fractions[-1] == pytest.approx(0.8, abs=0.02)
+
+
+@torch.no_grad()
+def test_triton_skip_path_matches_the_torch_path(tiny_pipe):
+    """The fused Triton skip forward (interpreted on a CPU) computes what gather → block → scatter computes."""
+    transformer = tiny_pipe.transformer
+    inputs = transformer_inputs(tiny_pipe)
+    outputs = {}
+    with mock.patch.object(wan_fused, "fused_skip_forward", wraps=wan_fused.fused_skip_forward) as fused:
+        for kernels in ("torch", "triton"):
+            config = PruneConfig(method="tape", reduction=0.3, reselect_every=3, kernels=kernels)
+            apply_pruner(transformer, make_pruner(config), kernels=kernels).reset(num_steps=1)
+            outputs[kernels] = transformer(**inputs)[0]
+            remove_pruner(transformer)
+    assert fused.call_count == 4  # the four pruned blocks of the Triton run; the torch run never calls it
+    assert torch.allclose(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)

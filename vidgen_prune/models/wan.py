@@ -12,14 +12,8 @@ from typing import Any
 
 import torch
 
+from ..kernels import gather_tokens
 from .base import ModelAdapter, TokenGrid
-
-
-def _gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """tensor (B or 1, S, ...) gathered along dim 1 at index (B, K) → (B, K, ...)."""
-    tensor = tensor.expand(index.shape[0], *tensor.shape[1:])  # (B, S, ...)
-    flat_index = index.reshape(*index.shape, *([1] * (tensor.dim() - 2)))  # (B, K, 1, ...)
-    return tensor.gather(1, flat_index.expand(-1, -1, *tensor.shape[2:]))  # (B, K, ...)
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -47,8 +41,8 @@ class WanAdapter(ModelAdapter):
     def gather_block_args(self, index: torch.Tensor, block_args: tuple[Any, ...]) -> tuple[Any, ...]:
         encoder_hidden_states, temb, (cos, sin) = block_args
         if temb.dim() == 4:  # Wan2.2 TI2V: per-token modulation (B, S, 6, D)
-            temb = _gather_tokens(temb, index)
-        return encoder_hidden_states, temb, (_gather_tokens(cos, index), _gather_tokens(sin, index))
+            temb = gather_tokens(temb, index)
+        return encoder_hidden_states, temb, (gather_tokens(cos, index), gather_tokens(sin, index))
 
     def query_key(
         self,
@@ -65,9 +59,9 @@ class WanAdapter(ModelAdapter):
             shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
         normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, N, D)
         attn = block.attn1
-        query_tokens = normed if query_index is None else _gather_tokens(normed, query_index)  # (B, Sq, D)
+        query_tokens = normed if query_index is None else gather_tokens(normed, query_index)  # (B, Sq, D)
         if query_index is not None:
-            cos_q, sin_q = _gather_tokens(cos, query_index), _gather_tokens(sin, query_index)
+            cos_q, sin_q = gather_tokens(cos, query_index), gather_tokens(sin, query_index)
         else:
             cos_q, sin_q = cos, sin
         if getattr(attn, "fused_projections", False):  # fused qkv weights: split the projection instead

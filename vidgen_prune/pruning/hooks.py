@@ -81,7 +81,11 @@ class PruneController:
         if plan.is_skip and self.backend == "triton":
             from ..models.wan_fused import fused_skip_forward
 
-            return fused_skip_forward(block, hidden_states.clone(), plan.positions, *block_args, backend="triton")
+            # the fused path updates its input in place: safe when only the transformer loop, which rebinds
+            # hidden_states to each block's output, holds it; another hook on the block (a cache) may read it
+            if len(block._diffusers_hook.hooks) > 1:
+                hidden_states = hidden_states.clone()
+            return fused_skip_forward(block, hidden_states, plan.positions, *block_args, backend="triton")
         rows = plan.gather(hidden_states)  # (B, K, D)
         rows_out = original_forward(rows, *self.adapter.gather_block_args(plan.positions, block_args))
         return plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
