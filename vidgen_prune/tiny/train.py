@@ -1,0 +1,253 @@
+"""Train the embedded tiny text-to-video model on procedural videos, on CPU, from a seed.
+
+    python -m vidgen_prune.tiny.train --out vidgen_prune/tiny/weights --seed 0
+
+Stages:
+  1. VAE: reconstruction (L1 + MSE of the decoded posterior mean) plus a small KL term, on random 48x48 crops
+     of 5-frame clips: the first frame alone, then one chunk of 4 through the causal cache, as in decoding.
+  2. Cache: encode ``--videos`` full-size training videos (posterior means), measure per-channel latent
+     mean/std and write them into the VAE config (the pipeline de-normalises with them before decoding).
+  3. Transformer: rectified flow in diffusers' Wan convention: x_t = (1 - s) x0 + s noise, the model predicts
+     the velocity noise - x0 at timestep s * 1000, which UniPC's ``flow_prediction`` turns back into
+     x0 = x_t - s v. Captions are replaced by the empty string with probability ``--text-dropout`` for
+     classifier-free guidance. The UMT5 text encoder stays at its seeded random initialisation (frozen);
+     prompt embeddings are computed once through ``WanPipeline.encode_prompt`` so training sees exactly what
+     generation sees (512 positions, zero-padded). Weights are an EMA of the transformer.
+
+Writes a full pipeline folder (``model_index.json`` + safetensors) to ``--out`` plus ``train_log.csv`` (one
+row per logged step and stage) and ``train_summary.json`` (config, wall times, final losses).
+Only training captions are used (``prompts.training_specs``); held-out prompts are never rendered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vidgen_prune.tiny import GENERATION_DEFAULTS
+from vidgen_prune.tiny.pipeline import TinyConfig, build_pipeline
+from vidgen_prune.tiny.prompts import training_specs
+from vidgen_prune.tiny.synthetic import render_batch, sample_specs, to_model_range
+
+TEXT_LENGTH = 512  # WanPipeline's default max_sequence_length: train on the same zero-padded length
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    config = TinyConfig()
+    pipe = build_pipeline(config, seed=args.seed)
+    log = _CsvLog(out / "train_log.csv")
+    wall: dict[str, float] = {}
+
+    start = time.perf_counter()
+    vae_loss = train_vae(pipe.vae, rng, args, log)
+    wall["vae_s"] = time.perf_counter() - start
+    pipe.vae.save_pretrained(out / "vae")  # inspectable while stage 3 runs; rewritten with latent statistics below
+
+    start = time.perf_counter()
+    specs, latents = encode_training_set(pipe.vae, rng, args)  # latents: (N, z, F', H', W')
+    flat = latents.transpose(0, 1).reshape(config.vae_z_dim, -1)  # (z, N*F'*H'*W')
+    config = replace(config, latents_mean=tuple(flat.mean(1).tolist()), latents_std=tuple(flat.std(1).tolist()))
+    pipe.vae.register_to_config(latents_mean=list(config.latents_mean), latents_std=list(config.latents_std))
+    wall["encode_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+    normalised = (latents - mean) / std  # (N, z, F', H', W')
+    ema_transformer, transformer_loss = train_transformer(pipe, specs, normalised, rng, args, log)
+    pipe.register_modules(transformer=ema_transformer)
+    wall["transformer_s"] = time.perf_counter() - start
+
+    pipe.save_pretrained(out, safe_serialization=True)
+    summary = {
+        "args": vars(args),
+        "config": config.to_dict(),
+        "wall_s": wall,
+        "final_loss": {"vae": vae_loss, "transformer": transformer_loss},
+        "generation_defaults": GENERATION_DEFAULTS,
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({"wall_s": wall, "final_loss": summary["final_loss"]}, indent=2))
+
+
+# --------------------------------------------------------------------------------------------------- stage 1: VAE
+
+def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _CsvLog) -> float:
+    """Returns the mean reconstruction + KL loss over the last 50 steps."""
+    specs = training_specs()
+    vae.train()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    size, frames = GENERATION_DEFAULTS["height"], 5
+    recent: list[float] = []
+    with _progress() as progress:
+        task = progress.add_task("stage 1: VAE", total=args.vae_steps)
+        start = time.perf_counter()
+        for step in range(args.vae_steps):
+            lr = _cosine_lr(args.vae_lr, step, args.vae_steps, warmup=20)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            batch_specs = sample_specs(rng, specs, args.vae_batch)
+            videos = render_batch(batch_specs, int(rng.integers(2**31)), frames, size, size)  # (B, 5, H, W, 3)
+            top, left = rng.integers(0, size - args.vae_crop + 1, size=2)
+            crop = videos[:, :, top : top + args.vae_crop, left : left + args.vae_crop]  # (B, 5, c, c, 3)
+            clip = torch.from_numpy(to_model_range(crop))  # (B, 3, 5, c, c)
+            posterior = vae.encode(clip).latent_dist
+            # decode the posterior mean: with sampling, the unit initial variance drowns the small initial means
+            # and reconstruction stalled (MSE 0.10 after 250 steps); the transformer only ever sees means anyway
+            reconstruction = vae.decode(posterior.mode(), return_dict=False)[0]  # (B, 3, 5, c, c)
+            # KL per latent element to N(0, 1): keeps the latent scale tame without costing detail
+            kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+            # L1 keeps pulling on the small errors MSE stops caring about: sharper edges, truer flat colours
+            error = reconstruction - clip  # (B, 3, 5, c, c)
+            loss = error.abs().mean() + error.pow(2).mean() + args.vae_kl * kl
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            recent = (recent + [loss.item()])[-50:]
+            if step % 10 == 0 or step == args.vae_steps - 1:
+                log.write(_log_row("vae", step, float(np.mean(recent)), lr, start))
+            progress.update(task, advance=1, description=f"stage 1: VAE loss {np.mean(recent):.4f}")
+    vae.eval()
+    return float(np.mean(recent))
+
+
+@torch.no_grad()
+def encode_training_set(vae, rng: np.random.Generator, args: argparse.Namespace):
+    """Render ``args.videos`` training videos (every spec in turn, fresh random geometry) and encode them."""
+    all_specs = training_specs()
+    order = rng.permutation(args.videos) % len(all_specs)
+    specs = [all_specs[i] for i in order]
+    frames, size = GENERATION_DEFAULTS["frames"], GENERATION_DEFAULTS["height"]
+    chunks = []
+    with _progress() as progress:
+        task = progress.add_task("stage 2: encode latents", total=len(specs))
+        for begin in range(0, len(specs), 8):
+            batch = specs[begin : begin + 8]
+            videos = render_batch(batch, int(rng.integers(2**31)), frames, size, size)
+            clip = torch.from_numpy(to_model_range(videos))  # (B, 3, F, H, W)
+            chunks.append(vae.encode(clip).latent_dist.mode())  # (B, z, F', H/4, W/4)
+            progress.update(task, advance=len(batch))
+    return specs, torch.cat(chunks)
+
+
+# ------------------------------------------------------------------------------------------- stage 3: transformer
+
+def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generator, args, log: _CsvLog):
+    """Returns the EMA transformer and the mean flow-matching loss over the last 100 steps."""
+    captions = sorted({spec.caption for spec in specs})
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
+        empty, _ = pipe.encode_prompt([""], do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
+    # embeds: (C, 512, text_dim); empty: (1, 512, text_dim), all zeros: the empty caption has no tokens
+    caption_index = torch.tensor([captions.index(spec.caption) for spec in specs])  # (N,)
+    transformer = pipe.transformer.train()
+    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    recent: list[float] = []
+    with _progress() as progress:
+        task = progress.add_task("stage 3: transformer", total=args.steps)
+        start = time.perf_counter()
+        for step in range(args.steps):
+            lr = _cosine_lr(args.lr, step, args.steps, warmup=100)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            pick = torch.from_numpy(rng.integers(0, len(specs), size=args.batch))  # (B,)
+            x0 = latents[pick]  # (B, z, F', h, w)
+            text = embeds[caption_index[pick]].clone()  # (B, 512, text_dim)
+            dropped = torch.rand(args.batch, generator=generator) < args.text_dropout  # (B,)
+            text[dropped] = empty[0]
+            # sigmas drawn as UniPC spends its steps: uniform, then shifted towards noise by flow_shift
+            uniform = torch.rand(args.batch, generator=generator)  # (B,)
+            shift = pipe.scheduler.config.flow_shift
+            sigma = shift * uniform / (1.0 + (shift - 1.0) * uniform)  # (B,)
+            noise = torch.randn(x0.shape, generator=generator)  # (B, z, F', h, w)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            noisy = (1.0 - s) * x0 + s * noise  # (B, z, F', h, w)
+            velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
+            loss = torch.nn.functional.mse_loss(velocity, noise - x0)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            optimiser.step()
+            # short EMA warm-up: early weights are noise, so the decay ramps up to args.ema
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for ema_param, param in zip(ema.parameters(), transformer.parameters()):
+                    ema_param.lerp_(param, 1.0 - decay)
+            recent = (recent + [loss.item()])[-100:]
+            if step % 10 == 0 or step == args.steps - 1:
+                log.write(_log_row("transformer", step, float(np.mean(recent)), lr, start))
+            progress.update(task, advance=1, description=f"stage 3: transformer loss {np.mean(recent):.4f}")
+    return ema, float(np.mean(recent))
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+class _CsvLog:
+    """Appends and flushes each row, so progress can be followed (and survives a crash) while training runs."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = open(path, "w", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=["stage", "step", "loss", "lr", "elapsed_s"])
+        self._writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow(row)
+        self._handle.flush()
+
+
+def _cosine_lr(peak: float, step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))  # decays to 10 % of the peak
+
+
+def _log_row(stage: str, step: int, loss: float, lr: float, start: float) -> dict:
+    return {"stage": stage, "step": step, "loss": round(loss, 6), "lr": lr,
+            "elapsed_s": round(time.perf_counter() - start, 1)}
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for the pipeline, train_log.csv, train_summary.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-batch", type=int, default=4)
+    parser.add_argument("--vae-crop", type=int, default=48, help="square crop side of VAE training clips")
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
+    parser.add_argument("--videos", type=int, default=480, help="full-size training videos to encode and cache")
+    parser.add_argument("--steps", type=int, default=450, help="transformer optimiser steps")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=8e-4)
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--text-dropout", type=float, default=0.1)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()
