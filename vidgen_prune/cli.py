@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .commands.generate import generate
+from .commands.train_router import train_router
 
 app = typer.Typer(
     name="vidprune",
@@ -21,6 +22,7 @@ def main() -> None:
 
 
 app.command()(generate)
+app.command("train-router")(train_router)
 
 if __name__ == "__main__":
     app()

@@ -24,6 +24,7 @@ class PruneConfig:
     evit_layers: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)  # EViT stages as depth fractions (paper: 10/30/50 of 60)
     score_queries: int = 256  # sampled queries for attention-received scores on long sequences
     kernels: str = "auto"  # auto | triton | torch
+    router: str | None = None  # `--method router`: folder written by train-router; None = the embedded model's
 
     def __post_init__(self):
         from .pruning import METHODS
@@ -47,6 +48,11 @@ class PruneConfig:
             raise ValueError(f"evit_layers are depth fractions in (0, 1), got {self.evit_layers}")
         if self.kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"--kernels must be auto, triton or torch, got {self.kernels!r}")
+        if self.router is not None:
+            if self.method != "router":
+                raise ValueError(f"--router needs --method router (got --method {self.method})")
+            if not Path(self.router).expanduser().is_dir():
+                raise ValueError(f"--router folder not found: {self.router}")
 
 
 @dataclass(frozen=True)

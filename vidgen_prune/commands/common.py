@@ -30,6 +30,9 @@ ReselectEvery = Annotated[Optional[int], typer.Option(help="TAPE: dense rescorin
 Schedule = Annotated[Optional[str], typer.Option(help="TAPE timestep budget: highlow, constant or lowhigh.")]
 ScheduleDelta = Annotated[Optional[float], typer.Option(help="HighLow/LowHigh swing δ around the mean rate.")]
 Kernels = Annotated[Optional[str], typer.Option(help="auto (Triton on CUDA), triton or torch.")]
+RouterDir = Annotated[
+    Optional[str], typer.Option(help="--method router: a train-router output folder; default: the embedded model's.")
+]
 Steps = Annotated[Optional[int], typer.Option(help="Denoising steps.")]
 Frames = Annotated[Optional[int], typer.Option(help="Frames (4k+1).")]
 Height = Annotated[Optional[int], typer.Option(help="Height in pixels (multiple of 16).")]

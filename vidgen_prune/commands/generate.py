@@ -23,6 +23,7 @@ from .common import (
     Prompt,
     Reduction,
     ReselectEvery,
+    RouterDir,
     Schedule,
     ScheduleDelta,
     Seed,
@@ -65,6 +66,7 @@ def generate(
     schedule: Schedule = None,
     schedule_delta: ScheduleDelta = None,
     kernels: Kernels = None,
+    router: RouterDir = None,
     device: Device = "cpu",
     dtype: Dtype = "float32",
     preset: Preset = None,
@@ -81,7 +83,7 @@ def generate(
             ),
             dict(
                 method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
-                schedule_delta=schedule_delta, kernels=kernels,
+                schedule_delta=schedule_delta, kernels=kernels, router=router,
             ),
             preset,
         )
@@ -95,10 +97,9 @@ def generate(
 
         pipe = load_pipeline(gen.model, gen.device, gen.dtype)
     with bad_input():
-        from ..models import adapter_for
-        from ..pruning import make_pruner
+        from ..pruning import check_pruner
 
-        make_pruner(prune).check_budget(len(adapter_for(pipe.transformer).blocks(pipe.transformer)))
+        check_pruner(prune, pipe.transformer)
 
     with runtime_failure(verbose):
         result = _run_with_progress(pipe, gen, prune)

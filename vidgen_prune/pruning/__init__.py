@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "tape-r": "tape:TapeReselectionOnly",
     "tape-t": "tape:TapeScheduleOnly",
     "evit": "evit:EvitPruner",
+    "router": "router:RouterPruner",
 }
 
 
@@ -20,3 +21,14 @@ def make_pruner(config):
     """The pruner `config.method` names, built from `config` (a PruneConfig)."""
     module, name = METHODS[config.method].split(":")
     return getattr(importlib.import_module(f".{module}", __name__), name)(config)
+
+
+def check_pruner(config, transformer) -> None:
+    """Refuse (ValueError), before any compute, a method that cannot run on `transformer`: a budget out of reach,
+    or learned weights (a router) made for another model. Pruners with weights define `check_model`."""
+    from ..models import adapter_for
+
+    pruner = make_pruner(config)
+    pruner.check_budget(len(adapter_for(transformer).blocks(transformer)))
+    if hasattr(pruner, "check_model"):
+        pruner.check_model(transformer)

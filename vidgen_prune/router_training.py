@@ -1,0 +1,507 @@
+"""Train a learned token router (`pruning/router.py`) by distillation from the dense model, and evaluate it.
+
+    vidprune train-router --prompts FILE --target-reduction 0.3 --steps 200 --out DIR
+    python -m vidgen_prune.router_training evaluate --router DIR --prompts 4
+
+Training data needs no videos:
+1. Teacher trajectories: the dense pipeline generates every prompt (seeded, with CFG) for `sample_steps`
+   steps while a hook records each transformer call's inputs (latents, timestep, text embedding) and its
+   velocity. Those are exactly the states the pruned model meets at inference, and the dense velocities
+   are the targets.
+2. Distillation: each optimiser step takes one denoising step s and `batch` prompts (both CFG passes of
+   each), runs the transformer with the router pruner at step s (bin interpolation, router gates), and
+   minimises MSE(pruned velocity, dense velocity) + ratio_weight · L_ratio. The transformer is frozen; only
+   the routers and the per-layer ratios train.
+Each step's random choices come from (seed, step) alone and the optimiser state is checkpointed, so a run
+resumed from a checkpoint ends exactly where an uninterrupted one does.
+
+A checkpoint folder holds router.safetensors + router.yaml (what `--method router --router DIR` loads),
+train_state.safetensors (Adam moments), losses.csv and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import GenerateConfig
+from .pruning.router import (
+    BIN,
+    MIN_RETENTION,
+    STEP_SWING,
+    RouterNet,
+    check_fits,
+    model_fingerprint,
+    read_router_meta,
+    save_router,
+)
+
+STATE_FILE, LOSSES_FILE, PLOT_FILE = "train_state.safetensors", "losses.csv", "loss.png"
+LOSS_COLUMNS = ("step", "distill", "ratio", "mean_ratio", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainRouterConfig:
+    prompts: tuple[str, ...]  # one teacher trajectory each
+    out: Path  # checkpoint folder; resumed when it already holds a checkpoint of the same settings
+    sampling: GenerateConfig  # model, steps (= trajectory length), frames, size, guidance of the trajectories
+    target_reduction: float = 0.3  # ρ_target = 1 − target_reduction
+    steps: int = 200  # optimiser steps
+    lr: float = 1e-3  # Adam, routers
+    ratio_lr: float = 5e-3  # Adam, per-layer ratios: they must travel ~0.2 (mean 0.9 → 0.7) within the run
+    ratio_weight: float = 10.0  # λ of L_ratio against the velocity MSE (≈ 1e-2 on the embedded model)
+    batch: int = 1  # prompts per optimiser step, each with both CFG passes
+    hidden: int = 32  # router width r
+    kernel: int = 3  # temporal convolution over latent frames
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise ValueError("--prompts file holds no prompts")
+        if not 0.0 <= self.target_reduction <= 1.0 - MIN_RETENTION:
+            raise ValueError(f"--target-reduction must be in [0, {1.0 - MIN_RETENTION:g}], got {self.target_reduction}")
+        for name in ("steps", "batch", "hidden", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"--kernel must be odd and positive, got {self.kernel}")
+        if self.batch > len(self.prompts):
+            raise ValueError(f"--batch {self.batch} exceeds the {len(self.prompts)} prompts")
+        for name in ("lr", "ratio_lr", "ratio_weight"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out is a file, not a folder: {self.out}")
+
+    def settings(self) -> dict:
+        """What a resumed run must share with the checkpoint it continues (`steps` may grow)."""
+        sampling = self.sampling
+        return {
+            "target_reduction": self.target_reduction,
+            "seed": self.seed,
+            "lr": self.lr,
+            "ratio_lr": self.ratio_lr,
+            "ratio_weight": self.ratio_weight,
+            "batch": self.batch,
+            "sample_steps": sampling.steps,
+            "frames": sampling.frames,
+            "height": sampling.height,
+            "width": sampling.width,
+            "guidance": sampling.guidance,
+            "prompts": len(self.prompts),
+            "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16],
+        }
+
+
+def read_prompts(path: Path) -> tuple[str, ...]:
+    """Non-empty lines of a text file, `#` comments left out."""
+    if not path.is_file():
+        raise ValueError(f"--prompts file not found: {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--prompts file {path} is unreadable ({type(error).__name__})") from error
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def sampling_config(model: str | None, prompt: str, overrides: dict) -> GenerateConfig:
+    """The trajectories' generation settings: dataclass defaults < the model's preset < flags."""
+    from .presets import default_preset, load_preset, merged
+
+    preset_name = default_preset(model)
+    preset = load_preset(preset_name) if preset_name else None
+    return GenerateConfig(**merged("generate", preset, {**overrides, "model": model, "prompt": prompt}))
+
+
+def checkpoint_step(config: TrainRouterConfig) -> int:
+    """0 for a fresh folder, else the step of the checkpoint in `config.out`; ValueError if its settings differ."""
+    if not (config.out / "router.yaml").exists():
+        return 0
+    meta = read_router_meta(config.out)
+    trained = meta.get("training", {})
+    different = [key for key, value in config.settings().items() if trained.get(key) != value]
+    spec = meta["router"]
+    different += [key for key in ("hidden", "kernel") if spec[key] != getattr(config, key)]
+    if different:
+        raise ValueError(
+            f"--out {config.out} holds a router trained with other settings ({', '.join(different)}); "
+            "choose another --out or repeat the original settings to resume"
+        )
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher trajectories
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherCall:
+    latents: torch.Tensor  # (C, F, H, W) transformer input
+    timestep: torch.Tensor  # () or (S,) for per-token timesteps
+    text: torch.Tensor  # (L, text_dim) encoder hidden states of this pass (prompt or negative prompt)
+    velocity: torch.Tensor  # (C, F, H, W) the dense model's output
+
+
+@dataclass
+class Trajectories:
+    calls: list[list[list[TeacherCall]]]  # [prompt][step] → the step's transformer calls (cond, uncond)
+    grid: dict = field(default_factory=dict)  # latent token grid: frames, height, width
+
+    def batch(self, prompts: list[int], step: int) -> tuple[dict, torch.Tensor]:
+        """Transformer inputs and dense velocities (B, C, F, H, W) of `prompts` at denoising `step`."""
+        calls = [call for prompt in prompts for call in self.calls[prompt][step]]
+        inputs = {
+            "hidden_states": torch.stack([call.latents for call in calls]),  # (B, C, F, H, W)
+            "timestep": torch.stack([call.timestep for call in calls]),  # (B,) or (B, S)
+            "encoder_hidden_states": torch.stack([call.text for call in calls]),  # (B, L, text_dim)
+            "return_dict": False,
+        }
+        return inputs, torch.stack([call.velocity for call in calls])
+
+
+@torch.no_grad()
+def collect_trajectories(
+    pipe, prompts: tuple[str, ...], sampling: GenerateConfig, seed: int, on_prompt: Callable[[int], None]
+) -> Trajectories:
+    """Generate every prompt densely (seed + its index) and record every transformer call (module docstring)."""
+    from dataclasses import replace
+
+    from .config import PruneConfig
+    from .engine import generate
+    from .models import adapter_for
+
+    transformer = pipe.transformer
+    trajectories = Trajectories(calls=[])
+
+    def record(module, args, kwargs, output):
+        latents = kwargs["hidden_states"]
+        trajectories.grid = asdict(adapter_for(transformer).token_grid(transformer, latents))
+        text, velocity = kwargs["encoder_hidden_states"][0], output[0][0]
+        call = TeacherCall(latents[0].clone(), kwargs["timestep"][0].clone(), text.clone(), velocity.clone())
+        trajectories.calls[-1][-1].append(call)
+
+    handle = transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        for index, prompt in enumerate(prompts):
+            trajectories.calls.append([[]])
+            # each finished step opens the next step's list; the one opened after the last step is dropped
+            generate(pipe, replace(sampling, prompt=prompt, seed=seed + index), PruneConfig(method="dense"),
+                     on_step=lambda done, total: trajectories.calls[-1].append([]), decode=False)
+            trajectories.calls[-1].pop()
+            on_prompt(index + 1)
+    finally:
+        handle.remove()
+    return trajectories
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distillation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    net: RouterNet
+    first_step: int  # 0, or the step a resumed run started from
+    losses: list[dict]  # one row per optimiser step since step 0: LOSS_COLUMNS
+    collect_s: float  # teacher trajectories
+    train_s: float  # distillation, this session
+
+
+def make_optimizer(net: RouterNet, config: TrainRouterConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(
+        [
+            {"params": list(net.routers.parameters()), "lr": config.lr},
+            {"params": [net.layer_ratios], "lr": config.ratio_lr},
+        ]
+    )
+
+
+def train_router(
+    pipe,
+    config: TrainRouterConfig,
+    on_collect: Callable[[int, int], None] = lambda done, total: None,
+    on_step: Callable[[dict], None] = lambda row: None,
+) -> TrainResult:
+    """Train (or resume) the router for `pipe`'s transformer, checkpointing into `config.out`.
+
+    Call `checkpoint_step(config)` first to refuse a foreign checkpoint before loading the model.
+    """
+    from .config import PruneConfig
+    from .pruning.hooks import apply_pruner, remove_pruner
+    from .pruning.router import RouterPruner
+
+    transformer = pipe.transformer.requires_grad_(False)
+    fingerprint = model_fingerprint(transformer)
+    spec = {
+        "num_layers": fingerprint["blocks"],
+        "width": fingerprint["width"],
+        "hidden": config.hidden,
+        "kernel": config.kernel,
+    }
+    net = RouterNet.seeded(config.seed, **spec).to(transformer.device)
+    optimizer = make_optimizer(net, config)
+    first_step = checkpoint_step(config)
+    losses = resume_checkpoint(net, optimizer, config.out, first_step, transformer) if first_step else []
+    if first_step >= config.steps:
+        return TrainResult(net.eval(), first_step, losses, 0.0, 0.0)
+
+    start = time.perf_counter()
+    trajectories = collect_trajectories(
+        pipe, config.prompts, config.sampling, config.seed, lambda done: on_collect(done, len(config.prompts))
+    )
+    collect_s = time.perf_counter() - start
+    meta = {
+        "model": {**fingerprint, "name": config.sampling.model or "embedded:tiny-wan", "grid": trajectories.grid},
+        "bins": {"width": BIN, "min_retention": MIN_RETENTION, "step_swing": STEP_SWING},
+        "target_reduction": config.target_reduction,
+        "training": config.settings(),
+    }
+
+    pruner = RouterPruner(PruneConfig(method="router", reduction=config.target_reduction), net=net.train(), meta=meta)
+    controller = apply_pruner(transformer, pruner, kernels="torch")
+    target_retention = 1.0 - config.target_reduction
+    start = time.perf_counter()
+    elapsed_before = losses[-1]["elapsed_s"] if losses else 0.0
+    try:
+        for step in range(first_step, config.steps):
+            rng = np.random.default_rng([config.seed, step])  # (seed, step) alone: resuming repeats the draws
+            denoise_step = int(rng.integers(config.sampling.steps))
+            prompts = rng.choice(len(config.prompts), size=config.batch, replace=False).tolist()
+            inputs, target = trajectories.batch(prompts, denoise_step)
+            controller.reset(num_steps=config.sampling.steps)
+            pruner.forced_step = denoise_step
+            velocity = transformer(**inputs)[0]  # (B, C, F, H, W)
+            distill = torch.nn.functional.mse_loss(velocity.float(), target.float())
+            ratio = net.ratio_loss(target_retention)
+            optimizer.zero_grad(set_to_none=True)
+            (distill + config.ratio_weight * ratio).backward()
+            optimizer.step()
+            net.clamp_ratios()
+            row = {
+                "step": step + 1,
+                "distill": float(distill.detach()),
+                "ratio": float(ratio.detach()),
+                "mean_ratio": float(net.layer_ratios.detach().mean()),
+                "elapsed_s": elapsed_before + time.perf_counter() - start,
+            }
+            losses.append(row)
+            on_step(row)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                write_checkpoint(net, optimizer, losses, {**meta, "step": step + 1, "final": row}, config.out)
+    finally:
+        remove_pruner(transformer)
+    _atomic(config.out / PLOT_FILE, lambda path: plot_losses(losses, path))  # ~1 s: once, not every checkpoint
+    return TrainResult(net.eval(), first_step, losses, collect_s, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_checkpoint(net: RouterNet, optimizer, losses: list[dict], meta: dict, out: Path) -> None:
+    """Optimiser state and loss log first, the router (whose YAML names the step) last; each file is
+    written under a temporary name and renamed, so an interruption leaves the previous checkpoint readable."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    moments = {
+        f"{index}.{key}": value.contiguous()
+        for index, entries in optimizer.state_dict()["state"].items()
+        for key, value in entries.items()
+    }  # Adam: step, exp_avg, exp_avg_sq per parameter
+    _atomic(out / STATE_FILE, lambda path: save_file(moments, path, metadata={"step": str(meta["step"])}))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=LOSS_COLUMNS)
+    writer.writeheader()
+    writer.writerows(losses)
+    _atomic(out / LOSSES_FILE, lambda path: path.write_text(table.getvalue()))
+    save_router(net, out, meta)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def resume_checkpoint(net: RouterNet, optimizer, out: Path, step: int, transformer) -> list[dict]:
+    """Load the router, Adam moments and loss log of the checkpoint at `step` in `out`; returns the log."""
+    from safetensors import safe_open
+
+    from .pruning.router import load_router
+
+    trained, meta = load_router(out)
+    check_fits(meta, transformer, str(out))
+    net.load_state_dict(trained.state_dict())
+    try:
+        with safe_open(out / STATE_FILE, framework="pt") as state_file:
+            if int(state_file.metadata()["step"]) != step:
+                raise ValueError(f"{STATE_FILE} is from another step than router.yaml")
+            moments: dict[int, dict] = {}
+            for name in state_file.keys():
+                index, key = name.split(".", 1)
+                moments.setdefault(int(index), {})[key] = state_file.get_tensor(name)
+        optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+        with open(out / LOSSES_FILE, newline="") as handle:
+            rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(f"cannot resume from {out}: {error}") from error
+    return [{**row, "step": int(row["step"])} for row in rows if row["step"] <= step]
+
+
+def plot_losses(losses: list[dict], path: Path) -> None:
+    """Distillation loss (log scale) and mean layer ratio against the optimiser step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in losses]
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot(steps, [row["distill"] for row in losses], color="tab:blue", linewidth=0.8, label="velocity MSE")
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("optimiser step")
+    loss_axis.set_ylabel("velocity MSE vs dense", color="tab:blue")
+    ratio_axis = loss_axis.twinx()
+    ratio_axis.plot(steps, [row["mean_ratio"] for row in losses], color="tab:orange", label="mean ρ(ℓ)")
+    ratio_axis.set_ylabel("mean layer ratio ρ", color="tab:orange")
+    figure.suptitle("train-router: distillation loss and mean retention ratio")
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation: trained router vs its untrained initialisation vs TAPE, on held-out prompts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateConfig, reduction: float) -> dict:
+    """PSNR against the dense video of the same seed, kept fraction and transformer time, per method.
+
+    "untrained" is the router a `train-router` run with the checkpoint's seed starts from (step 0): the
+    same architecture, the alternating ratio initialisation and the same budget calibration.
+    """
+    import tempfile
+    from dataclasses import replace
+
+    from .config import PruneConfig
+    from .engine import generate
+    from .metrics import psnr
+    from .presets import default_preset, load_preset, merged
+    from .pruning import check_pruner
+    from .pruning.router import load_router
+
+    trained, meta = load_router(router)
+    preset_name = default_preset(sampling.model)
+    preset = load_preset(preset_name) if preset_name else None
+    with tempfile.TemporaryDirectory() as scratch:
+        untrained_dir = Path(scratch)
+        untrained = RouterNet.seeded(meta.get("training", {}).get("seed", 0), **trained.spec)
+        save_router(untrained, untrained_dir, {**meta, "step": 0})
+        methods = {
+            "router": PruneConfig(method="router", reduction=reduction, router=str(router)),
+            "untrained router": PruneConfig(method="router", reduction=reduction, router=str(untrained_dir)),
+            "tape": PruneConfig(**merged("prune", preset, {"method": "tape", "reduction": reduction})),
+        }
+        for config in methods.values():
+            check_pruner(config, pipe.transformer)
+        rows = []
+        for prompt in prompts:
+            gen = replace(sampling, prompt=prompt)
+            dense = generate(pipe, gen, PruneConfig(method="dense"))
+            for name, config in methods.items():
+                result = generate(pipe, gen, config)
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "method": name,
+                        "psnr": psnr(dense.frames, result.frames),
+                        "kept_fraction": result.kept_fraction,
+                        "transformer_s": result.transformer_s,
+                        "dense_transformer_s": dense.transformer_s,
+                    }
+                )
+    summary = {
+        name: {
+            key: float(np.mean([row[key] for row in rows if row["method"] == name]))
+            for key in ("psnr", "kept_fraction", "transformer_s", "dense_transformer_s")
+        }
+        for name in methods
+    }
+    return {
+        "router": str(router),
+        "reduction": reduction,
+        "prompts": list(prompts),
+        "generate": {key: value for key, value in asdict(sampling).items() if key not in ("prompt", "out")},
+        "summary": summary,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m vidgen_prune.router_training evaluate ...`: the held-out comparison, as a table and JSON."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .engine import load_pipeline
+    from .tiny.prompts import HELD_OUT_PROMPTS
+
+    parser = argparse.ArgumentParser(prog="python -m vidgen_prune.router_training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("evaluate", help="trained vs untrained router vs TAPE: PSNR against dense")
+    run.add_argument("--router", type=Path, default=None, help="router folder (default: the embedded model's)")
+    run.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
+    run.add_argument("--prompts", type=int, default=4, help="how many held-out prompts of the embedded model")
+    run.add_argument("--prompts-file", type=Path, default=None, help="prompts for another model, one a line")
+    run.add_argument("--reduction", type=float, default=0.3)
+    run.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's preset)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .pruning.router import DEFAULT_ROUTER_DIR
+
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else HELD_OUT_PROMPTS[: args.prompts]
+    sampling = sampling_config(args.model, prompts[0], {"steps": args.steps, "seed": args.seed})
+    pipe = load_pipeline(sampling.model)
+    report = evaluate(pipe, args.router or DEFAULT_ROUTER_DIR, prompts, sampling, args.reduction)
+    table = Table(
+        title=f"{len(prompts)} prompts, reduction {args.reduction:g}, {sampling.steps} steps, seed {args.seed}"
+    )
+    for column in ("method", "PSNR vs dense (dB)", "kept fraction", "transformer s (dense)"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, figures in report["summary"].items():
+        table.add_row(
+            name,
+            f"{figures['psnr']:.2f}",
+            f"{figures['kept_fraction']:.4f}",
+            f"{figures['transformer_s']:.2f} ({figures['dense_transformer_s']:.2f})",
+        )
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
