@@ -6,6 +6,7 @@ import typer
 
 from .commands.generate import generate
 from .commands.train_router import train_router
+from .commands.visualize_masks import visualize_masks
 
 app = typer.Typer(
     name="vidprune",
@@ -23,6 +24,7 @@ def main() -> None:
 
 app.command()(generate)
 app.command("train-router")(train_router)
+app.command("visualize-masks")(visualize_masks)
 
 if __name__ == "__main__":
     app()

@@ -46,6 +46,20 @@ Preset = Annotated[
     Optional[str], typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b) or YAML path; flags override.")
 ]
 OutPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output MP4 path (a .json sidecar goes beside).")]
+OptionalPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (or --prompts FILE).")]
+PromptsFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--prompts",
+        help="Prompt file: one prompt per line, or JSONL {prompt, negative, seed, overrides}; needs --out-dir.",
+    ),
+]
+OutDir = Annotated[
+    Optional[Path],
+    typer.Option(help="--prompts: folder for one MP4 + JSON per item and manifest.rank*.jsonl; re-running resumes."),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (one line; one per rank).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Per-item progress, tracebacks and library logs.")]
 
 
 def fail(message: str, code: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .common import (
+    EXIT_RUNTIME,
     Alpha,
     Device,
     Dtype,
@@ -14,13 +15,16 @@ from .common import (
     Frames,
     Guidance,
     Height,
+    JsonOutput,
     Kernels,
     Method,
     Model,
     NegativePrompt,
+    OptionalPrompt,
+    OutDir,
     OutPath,
     Preset,
-    Prompt,
+    PromptsFile,
     Reduction,
     ReselectEvery,
     RouterDir,
@@ -28,10 +32,12 @@ from .common import (
     ScheduleDelta,
     Seed,
     Steps,
+    Verbose,
     Width,
     bad_input,
     console,
     key_value_table,
+    print_json,
     runtime_failure,
 )
 
@@ -49,7 +55,7 @@ def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | No
 
 
 def generate(
-    prompt: Prompt,
+    prompt: OptionalPrompt = None,
     method: Method = "tape",
     reduction: Reduction = 0.3,
     model: Model = None,
@@ -71,22 +77,29 @@ def generate(
     dtype: Dtype = "float32",
     preset: Preset = None,
     out: OutPath = None,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Tracebacks and library logs."),
+    prompts: PromptsFile = None,
+    out_dir: OutDir = None,
+    json_output: JsonOutput = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Generate a video with token pruning and report what it cost: latency, throughput, kept fraction."""
+    """Generate a video with token pruning and report what it cost: latency, throughput, kept fraction.
+
+    With --prompts FILE: every prompt into --out-dir, resumable; under torchrun the ranks share the items."""
+    generate_flags = dict(
+        prompt=prompt, negative_prompt=negative_prompt, model=model, steps=steps, frames=frames, height=height,
+        width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out,
+    )
+    prune_flags = dict(
+        method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
+        schedule_delta=schedule_delta, kernels=kernels, router=router,
+    )
     with bad_input():
-        gen, prune, preset_name = build_configs(
-            dict(
-                prompt=prompt, negative_prompt=negative_prompt, model=model, steps=steps, frames=frames,
-                height=height, width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype,
-                out=out,
-            ),
-            dict(
-                method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
-                schedule_delta=schedule_delta, kernels=kernels, router=router,
-            ),
-            preset,
-        )
+        is_batch = _is_batch(prompt, prompts, out, out_dir)
+    if is_batch:
+        _generate_batch(prompts, out_dir, generate_flags, prune_flags, preset, json_output, verbose)
+        return
+    with bad_input():
+        gen, prune, preset_name = build_configs(generate_flags, prune_flags, preset)
         from ..engine import check_writable
 
         out_path = out or Path(f"vidprune_{prune.method}_r{prune.reduction:g}_seed{gen.seed}.mp4")
@@ -109,6 +122,13 @@ def generate(
         write_json(sidecar(gen, prune, result, preset_name), out_path.with_suffix(".json"))
 
     timings = result.timings()
+    if json_output:
+        print_json(
+            {"video": str(out_path), "sidecar": str(out_path.with_suffix(".json")), "method": prune.method,
+             "reduction": prune.reduction, "kept_fraction": result.kept_fraction,
+             "tokens_per_forward": result.tokens_per_forward, "timings": timings}
+        )
+        return
     console.print(
         key_value_table(
             f"{prune.method} at reduction {prune.reduction:g} → {out_path}",
@@ -124,6 +144,91 @@ def generate(
             ],
         )
     )
+
+
+def _is_batch(prompt: str | None, prompts: Path | None, out: Path | None, out_dir: Path | None) -> bool:
+    """--prompts FILE (a batch) or --prompt TEXT (one video); raises ValueError for flags that do not go together."""
+    from ..batch import World
+
+    if prompts is None:
+        if prompt is None:
+            raise ValueError("give --prompt TEXT, or --prompts FILE with --out-dir")
+        if out_dir is not None:
+            raise ValueError("--out-dir goes with --prompts; for one --prompt use --out")
+        if World.from_env().size > 1:
+            raise ValueError("under torchrun give --prompts FILE so that the ranks share the items")
+        return False
+    if prompt is not None:
+        raise ValueError("--prompt and --prompts are mutually exclusive")
+    if out is not None:
+        raise ValueError("--out is for one --prompt; --prompts writes into --out-dir")
+    if out_dir is None:
+        raise ValueError("--prompts needs --out-dir")
+    return True
+
+
+def _generate_batch(
+    prompts: Path, out_dir: Path, generate_flags: dict, prune_flags: dict, preset: str | None, json_output: bool,
+    verbose: bool,
+) -> None:
+    from ..batch import Manifest, World, check_pruners, read_prompt_file, run_batch
+    from ..engine import check_writable, load_pipeline
+
+    with bad_input():
+        world = World.from_env()
+        generate_flags = generate_flags | {"device": world.device(generate_flags["device"])}
+
+        def item_configs(item_generate_flags: dict, item_prune_flags: dict):
+            return build_configs(generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset)
+
+        items = read_prompt_file(prompts, item_configs)
+        manifest = Manifest(out_dir)
+        check_writable(manifest.part(world.rank))
+        manifest.check_same_run(items)
+    with runtime_failure(verbose):
+        pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype)
+    with bad_input():
+        check_pruners(items, pipe.transformer)
+    with runtime_failure(verbose):
+        summary = run_batch(pipe, items, out_dir, world, on_item=_item_reporter(world, verbose))
+
+    if json_output:
+        print_json(summary.to_dict())
+    else:
+        rank = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
+        console.print(
+            key_value_table(
+                f"batch → {out_dir}{rank}",
+                [
+                    ("items in the file", f"{summary.items}"),
+                    ("finished before", f"{summary.finished_before}"),
+                    ("generated now", f"{len(summary.generated)} of {summary.assigned}"),
+                    ("failed", f"{len(summary.failed)}"),
+                ],
+            )
+        )
+    if summary.failed:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def _item_reporter(world, verbose: bool):
+    """A line per finished item with --verbose; a failed item always gets one (its traceback with --verbose)."""
+    from rich.markup import escape
+    from rich.traceback import Traceback
+
+    where = f"rank {world.rank}/{world.size} " if world.size > 1 else ""
+
+    def report(item, record, error):
+        if error is None:
+            if verbose:
+                console.print(f"{where}{item.name}: {record['total_s']:.1f} s, kept {record['kept_fraction']:.3f}")
+            return
+        message = escape(" ".join(f"{type(error).__name__}: {error}".split()))
+        console.print(f"[red]failed:[/red] {where}{item.name}: {message}", highlight=False, soft_wrap=True)
+        if verbose:
+            console.print(Traceback.from_exception(type(error), error, error.__traceback__))
+
+    return report
 
 
 def _run_with_progress(pipe, gen, prune):

@@ -1,0 +1,376 @@
+"""Batch generation: a prompt file → one MP4 + JSON sidecar per item in an output folder, resumable, sharded.
+
+The pipeline is loaded once per process and reused for every item. Under `torchrun` each rank takes its own
+share of the unfinished items (`shard`) on its own device. An item is finished when a manifest record names it
+with the same settings and its MP4 and sidecar exist; both are written under temporary names and renamed, and
+the record is appended after them, so a killed run leaves nothing that counts as finished by mistake.
+
+Manifest: one JSONL part per rank, `manifest.rank{R}.jsonl`, appended one record per finished item (a single
+`write`, then fsync). A part has a single writer, so no lock is needed, which also holds on shared filesystems
+where `flock` is unreliable (NFS, Lustre without `-o flock`). Readers take the union of all parts, so a re-run
+with another world size resumes from the same set of finished items.
+
+Nothing here prints; progress goes through the `on_item` callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from .config import GenerateConfig, PruneConfig
+
+PROMPT_FIELDS = ("prompt", "negative", "seed", "overrides")
+# a line may change the generation's shape and the pruning, not what the once-loaded pipeline fixes (model,
+# device, dtype)
+GENERATE_OVERRIDES = ("steps", "frames", "height", "width", "guidance", "fps")
+PRUNE_OVERRIDES = tuple(f.name for f in fields(PruneConfig))
+# settings that do not change the video, left out of an item's key so a resume may move to other hardware
+UNKEYED_SETTINGS = ("device", "out")
+MANIFEST_GLOB = "manifest.rank*.jsonl"
+MAX_REPORTED_ERRORS = 10  # a long list of bad lines is cut so the message stays one readable line
+
+ConfigBuilder = Callable[[dict, dict], tuple[GenerateConfig, PruneConfig, str | None]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int  # position among the file's prompts, from 0; names the outputs
+    line: int  # line number in the prompt file, for messages
+    gen: GenerateConfig
+    prune: PruneConfig
+    preset: str | None
+
+    @property
+    def name(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.gen.prompt.lower()).strip("-")[:40].rstrip("-")
+        return f"{self.index:04d}-{slug or 'prompt'}"
+
+    @property
+    def key(self) -> str:
+        """Fingerprint of everything that determines the video: a changed line is not the finished item."""
+        settings = {k: v for k, v in asdict(self.gen).items() if k not in UNKEYED_SETTINGS} | asdict(self.prune)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- prompt file
+
+
+def read_prompt_file(path: Path, build: ConfigBuilder) -> list[BatchItem]:
+    """Items of a prompt file; raises ValueError naming every malformed line (by number) before any compute.
+
+    Plain text: one prompt per line. JSONL (when the first prompt line starts with `{`): one object per line
+    with `prompt` and optionally `negative`, `seed` and `overrides` (generate and prune settings). Blank lines
+    and lines starting with `#` are skipped. `build(generate_flags, prune_flags)` makes an item's configs.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read prompt file {path}: {error.strerror}") from error
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
+    lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise ValueError(f"prompt file {path} has no prompts")
+    jsonl = lines[0][1].startswith("{")
+    items, errors = [], []
+    for index, (number, line) in enumerate(lines):
+        try:
+            generate_flags, prune_flags = _line_flags(_parse_json_line(line) if jsonl else {"prompt": line})
+            items.append(BatchItem(index, number, *build(generate_flags, prune_flags)))
+        except ValueError as error:
+            errors.append((number, str(error)))
+    _raise_line_errors(f"prompt file {path}", errors)
+    return items
+
+
+def _parse_json_line(line: str) -> dict:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _line_flags(entry: dict) -> tuple[dict, dict]:
+    """A prompt-file entry as (generate, prune) settings, each value type-checked against its config's default."""
+    unknown = sorted(set(entry) - set(PROMPT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field {', '.join(unknown)} (allowed: {', '.join(PROMPT_FIELDS)})")
+    if not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
+        raise ValueError('needs a non-empty "prompt" string')
+    overrides = entry.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise ValueError('"overrides" must be an object')
+    generate_flags = {"prompt": entry["prompt"]}
+    generate_flags |= {"negative_prompt": entry["negative"]} if "negative" in entry else {}
+    generate_flags |= {"seed": entry["seed"]} if "seed" in entry else {}
+    prune_flags = {}
+    for key, value in overrides.items():
+        if key not in GENERATE_OVERRIDES + PRUNE_OVERRIDES:
+            allowed = ", ".join(GENERATE_OVERRIDES + PRUNE_OVERRIDES)
+            raise ValueError(f"unknown override {key!r} (allowed: {allowed})")
+        (generate_flags if key in GENERATE_OVERRIDES else prune_flags)[key] = value
+    defaults = {f.name: f.default for cls in (GenerateConfig, PruneConfig) for f in fields(cls)}
+    for key, value in generate_flags.items() | prune_flags.items():
+        _check_type(key, value, defaults[key])
+    return generate_flags, prune_flags
+
+
+def _check_type(key: str, value, default) -> None:
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if isinstance(default, tuple):
+        ok, expected = isinstance(value, list) and all(map(number, value)), "a list of numbers"
+    elif isinstance(default, float):
+        ok, expected = number(value), "a number"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:  # strings, and optional paths (default None)
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        raise ValueError(f"{key} must be {expected}, got {json.dumps(value)}")
+
+
+def _raise_line_errors(where: str, errors: list[tuple[int, str]]) -> None:
+    """One message for all bad lines; lines sharing a message (a bad flag fails every line) are listed together."""
+    if not errors:
+        return
+    lines_by_message: dict[str, list[int]] = {}
+    for number, message in errors:
+        lines_by_message.setdefault(message, []).append(number)
+    shown = [
+        f"line{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: {message}"
+        for message, numbers in list(lines_by_message.items())[:MAX_REPORTED_ERRORS]
+    ]
+    more = len(lines_by_message) - MAX_REPORTED_ERRORS
+    raise ValueError(f"{where}: {'; '.join(shown)}{f'; and {more} more' if more > 0 else ''}")
+
+
+def check_pruners(items: Sequence[BatchItem], transformer) -> None:
+    """Refuse, before any compute, items whose pruning cannot run on the loaded model (budget out of reach...)."""
+    from .pruning import check_pruner
+
+    errors = []
+    for item in items:
+        try:
+            check_pruner(item.prune, transformer)
+        except ValueError as error:
+            errors.append((item.line, str(error)))
+    _raise_line_errors("prompt file", errors)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """The finished items of an output folder: the union of every rank's `manifest.rank{R}.jsonl`."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+
+    def records(self) -> list[dict]:
+        """Every complete record; a torn last line (a run killed mid-write) is not a record."""
+        records = []
+        for part in sorted(self.out_dir.glob(MANIFEST_GLOB)):
+            for line in part.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and {"name", "key", "video", "sidecar"} <= record.keys():
+                    records.append(record)
+        return records
+
+    def check_same_run(self, items: Sequence[BatchItem]) -> None:
+        """Refuse (ValueError) a folder whose records name these items with other settings: resuming there would
+        mix two runs' videos under one manifest."""
+        keys = {item.name: item.key for item in items}
+        changed = sorted({r["name"] for r in self.records() if r["name"] in keys and r["key"] != keys[r["name"]]})
+        if changed:
+            raise ValueError(
+                f"{self.out_dir} holds {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} made with "
+                "another prompt or settings; use a new --out-dir"
+            )
+
+    def finished(self, items: Sequence[BatchItem]) -> set[str]:
+        """Names of the items with a matching record whose MP4 and sidecar exist (temporary files never count)."""
+        keys = {item.name: item.key for item in items}
+        return {
+            r["name"]
+            for r in self.records()
+            if keys.get(r["name"]) == r["key"]
+            and (self.out_dir / r["video"]).is_file()
+            and (self.out_dir / r["sidecar"]).is_file()
+        }
+
+    def part(self, rank: int) -> Path:
+        return self.out_dir / f"manifest.rank{rank}.jsonl"
+
+    def append(self, record: dict, rank: int) -> None:
+        """Add one record to this rank's part: one `write` of one line, then fsync, so a kill loses at most the
+        record being written (and the item is redone), never an earlier one."""
+        part = self.part(rank)
+        line = json.dumps(record, default=str) + "\n"
+        if _ends_mid_line(part):
+            line = "\n" + line  # a torn line from a killed run must not swallow this record
+        descriptor = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line.encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
+
+
+# ---------------------------------------------------------------- ranks
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        try:
+            world = cls(*(int(os.environ.get(name, default)) for name, default in
+                          (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
+        except ValueError as error:
+            raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers ({error})") from None
+        if not 0 <= world.rank < world.size:
+            raise ValueError(f"RANK {world.rank} is outside WORLD_SIZE {world.size}")
+        return world
+
+    def device(self, requested: str) -> str:
+        """`cuda` means this rank's GPU, cuda:LOCAL_RANK, when there are several ranks."""
+        if self.size == 1 or not requested.startswith("cuda"):
+            return requested
+        if requested != "cuda":
+            raise ValueError(
+                f"--device {requested} would put all {self.size} ranks on one GPU; "
+                "pass --device cuda and each rank takes cuda:LOCAL_RANK"
+            )
+        return f"cuda:{self.local_rank}"
+
+
+def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Rank `rank`'s share: every `world_size`-th item from position `rank`. Over ranks 0..world_size−1 the shares
+    partition `items` (each item in exactly one) and their lengths differ by at most one."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    return list(items[rank::world_size])
+
+
+def _agreed_finished(manifest: Manifest, items: Sequence[BatchItem], world: World, device: str) -> set[str]:
+    """The finished set as rank 0 reads it, so every rank shards the same pending list even if a rank starts
+    late or sees a stale shared filesystem. The process group lives only for this exchange: items take unequal
+    time, and a collective at the end would trip the group's timeout while the slowest rank still works."""
+    if world.size == 1:
+        return manifest.finished(items)
+    import torch
+    import torch.distributed as dist
+
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.set_device(device)
+    # env:// reads torchrun's MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE
+    dist.init_process_group(backend="nccl" if gpu else "gloo", device_id=torch.device(device) if gpu else None)
+    try:
+        shared = [sorted(manifest.finished(items)) if world.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        dist.barrier()  # nobody tears the group down while another rank is still receiving
+    finally:
+        dist.destroy_process_group()
+    return set(shared[0])
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class BatchSummary:
+    rank: int
+    world_size: int
+    out_dir: str
+    items: int  # in the prompt file
+    finished_before: int  # skipped: finished by an earlier run
+    assigned: int  # this rank's share of the rest
+    generated: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # {"name", "error"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ItemCallback = Callable[[BatchItem, dict | None, Exception | None], None]
+
+
+def run_batch(
+    pipe, items: Sequence[BatchItem], out_dir: Path, world: World, on_item: ItemCallback | None = None
+) -> BatchSummary:
+    """Generate this rank's share of the unfinished items into `out_dir`; an item that fails is reported through
+    `on_item(item, None, error)` and left unfinished (a re-run retries it) while the others go on."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out_dir)
+    finished = _agreed_finished(manifest, items, world, str(pipe.transformer.device))
+    mine = shard([item for item in items if item.name not in finished], world.rank, world.size)
+    summary = BatchSummary(world.rank, world.size, str(out_dir), len(items), len(finished), len(mine))
+    for item in mine:
+        try:
+            record = _generate_item(pipe, item, out_dir, world)
+        except Exception as error:  # noqa: BLE001 - one bad item must not cost the rest of the batch
+            summary.failed.append({"name": item.name, "error": f"{type(error).__name__}: {error}"})
+            if on_item:
+                on_item(item, None, error)
+            continue
+        manifest.append(record, world.rank)
+        summary.generated.append(item.name)
+        if on_item:
+            on_item(item, record, None)
+    return summary
+
+
+def _generate_item(pipe, item: BatchItem, out_dir: Path, world: World) -> dict:
+    from .engine import generate, sidecar, write_json, write_video
+
+    result = generate(pipe, item.gen, item.prune)
+    video = out_dir / f"{item.name}.mp4"
+    write_video(result.frames, video, item.gen.fps)
+    batch_fields = {"index": item.index, "line": item.line, "name": item.name, "key": item.key}
+    meta = sidecar(item.gen, item.prune, result, item.preset) | {"batch": batch_fields}
+    write_json(meta, video.with_suffix(".json"))
+    return batch_fields | {
+        "video": video.name,
+        "sidecar": video.with_suffix(".json").name,
+        "prompt": item.gen.prompt,
+        "seed": item.gen.seed,
+        "method": item.prune.method,
+        "reduction": item.prune.reduction,
+        "kept_fraction": result.kept_fraction,
+        "total_s": result.total_s,
+        "rank": world.rank,
+        "world_size": world.size,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": os.uname().nodename,
+    }

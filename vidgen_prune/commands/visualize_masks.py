@@ -1,0 +1,112 @@
+"""`vidprune visualize-masks`: where each method skipped tokens, drawn over its frames, with adjacent-frame IoU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .common import (
+    Device,
+    Dtype,
+    Fps,
+    Frames,
+    Guidance,
+    Height,
+    JsonOutput,
+    Method,
+    Model,
+    Preset,
+    Prompt,
+    Reduction,
+    Seed,
+    Steps,
+    Verbose,
+    Width,
+    bad_input,
+    console,
+    print_json,
+    runtime_failure,
+)
+from .generate import build_configs
+
+Layer = Annotated[int, typer.Option(help="Transformer block whose mask is drawn (0 = the first).")]
+Step = Annotated[int, typer.Option(help="Denoising step whose mask is drawn (0 = the first, noisiest).")]
+Compare = Annotated[Optional[list[str]], typer.Option(help="Another method drawn beside --method; repeatable.")]
+PngPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG grid path; the MP4 goes beside it.")]
+
+
+def visualize_masks(
+    prompt: Prompt,
+    layer: Layer,
+    step: Step,
+    method: Method = "tape",
+    compare: Compare = None,
+    reduction: Reduction = 0.3,
+    model: Model = None,
+    steps: Steps = None,
+    frames: Frames = None,
+    height: Height = None,
+    width: Width = None,
+    guidance: Guidance = None,
+    seed: Seed = 0,
+    fps: Fps = None,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    preset: Preset = None,
+    out: PngPath = None,
+    json_output: JsonOutput = False,
+    verbose: Verbose = False,
+) -> None:
+    """Draw each method's keep/skip mask at one block and step over its decoded frames (skipped tokens red),
+    side by side as an MP4 and a PNG grid, and print the adjacent-frame IoU of the skipped sets."""
+    methods = list(dict.fromkeys([method, *(compare or [])]))
+    generate_flags = dict(
+        prompt=prompt, model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
+        seed=seed, fps=fps, device=device, dtype=dtype,
+    )
+    with bad_input():
+        configs = [build_configs(generate_flags, dict(method=name, reduction=reduction), preset) for name in methods]
+        gen, prunes = configs[0][0], [prune for _, prune, _ in configs]
+        png = out or Path(f"vidprune_masks_{'_'.join(methods)}_layer{layer}_step{step}.png")
+        if png.suffix.lower() != ".png":
+            raise ValueError(f"--out must be a .png path (the MP4 goes beside it), got {png}")
+        from ..engine import check_writable
+
+        check_writable(png)
+
+    with runtime_failure(verbose):
+        from ..engine import load_pipeline
+
+        pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+    with bad_input():
+        from ..pruning import check_pruner
+        from ..viz import check_position
+
+        check_position(pipe, gen, layer, step)
+        for prune in prunes:
+            check_pruner(prune, pipe.transformer)
+
+    with runtime_failure(verbose):
+        from ..viz import TokenGeometry, mask_views, write_grid_png, write_side_by_side_video
+
+        views = mask_views(pipe, gen, prunes, layer, step)
+        write_side_by_side_video(views, png.with_suffix(".mp4"), gen.fps)
+        write_grid_png(views, png, TokenGeometry.of(pipe), layer, step)
+
+    if json_output:
+        print_json({"png": str(png), "video": str(png.with_suffix(".mp4")), "layer": layer, "step": step,
+                    "methods": [view.to_dict() for view in views]})
+        return
+    table = Table(
+        title=f"adjacent-frame IoU of skipped tokens at block {layer}, step {step} → {png}",
+        caption="kept: over the whole run; IoU all: mean over every pruned block and step", title_justify="left",
+    )
+    for column in ("method", "reduction", "kept", "skipped", "IoU", "IoU all"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for view in views:
+        table.add_row(view.method, f"{view.reduction:g}", f"{view.kept_fraction:.3f}", f"{view.skipped_fraction:.3f}",
+                      f"{view.iou:.3f}", f"{view.iou_all_blocks:.3f}")
+    console.print(table)
