@@ -51,15 +51,16 @@ PromptsFile = Annotated[
     Optional[Path],
     typer.Option(
         "--prompts",
-        help="Prompt file: one prompt per line, or JSONL {prompt, negative, seed, overrides}; needs --out-dir.",
+        help="Prompt file: one prompt per line, or JSONL {prompt, negative, seed, overrides}; needs --out-dir. "
+        "Under torchrun the ranks share the items (and --json prints one line per rank).",
     ),
 ]
 OutDir = Annotated[
     Optional[Path],
     typer.Option(help="--prompts: folder for one MP4 + JSON per item and manifest.rank*.jsonl; re-running resumes."),
 ]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (one line; one per rank).")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Per-item progress, tracebacks and library logs.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout, for scripts.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr: progress, tracebacks.")]
 
 
 def fail(message: str, code: int) -> None:
