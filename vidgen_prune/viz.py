@@ -85,7 +85,6 @@ class MaskView:
     method: str
     reduction: float
     frames: np.ndarray  # (F, H, W, 3) uint8, skipped tokens tinted
-    keep: np.ndarray  # (Ft, Ht, Wt) bool at the chosen layer and step
     skipped_fraction: float  # at the chosen layer and step
     iou: float  # adjacent-frame IoU of the skipped sets at the chosen layer and step
     iou_all_blocks: float  # the same, averaged over every pruned block of every step (conditional pass)
@@ -133,7 +132,6 @@ def mask_views(pipe, gen: GenerateConfig, prunes: Sequence[PruneConfig], layer: 
                 method=prune.method,
                 reduction=prune.reduction,
                 frames=tint_skipped(result.frames, keep, geometry),
-                keep=keep,
                 skipped_fraction=float(1 - keep.mean()),
                 iou=adjacent_frame_iou(keep),
                 iou_all_blocks=adjacent_frame_iou(every_block),
