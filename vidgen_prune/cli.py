@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .commands.bench import bench
 from .commands.generate import generate
 from .commands.train_router import train_router
 from .commands.visualize_masks import visualize_masks
@@ -23,6 +24,7 @@ def main() -> None:
 
 
 app.command()(generate)
+app.command()(bench)
 app.command("train-router")(train_router)
 app.command("visualize-masks")(visualize_masks)
 

@@ -24,6 +24,10 @@ class PruneConfig:
     evit_layers: tuple[float, ...] = (1 / 6, 1 / 2, 5 / 6)  # EViT stages as depth fractions (paper: 10/30/50 of 60)
     score_queries: int = 256  # sampled queries for attention-received scores on long sequences
     kernels: str = "auto"  # auto | triton | torch
+    cache: str | None = None  # diffusers cache wrapped around the (pruned) blocks: fbcache | pab | taylorseer
+    fbcache_threshold: float = 0.05  # FirstBlockCache: reuse the tail when block 0's residual changes less (diffusers)
+    pab_skip: int = 2  # PyramidAttentionBroadcast: recompute self-attention every N-th call for t in (100, 800)
+    taylorseer_interval: int = 5  # TaylorSeer: a full forward every N steps after 3 dense ones, predicted between
     router: str | None = None  # `--method router`: folder written by train-router; None = the embedded model's
 
     def __post_init__(self):
@@ -53,6 +57,22 @@ class PruneConfig:
                 raise ValueError(f"--router needs --method router (got --method {self.method})")
             if not Path(self.router).expanduser().is_dir():
                 raise ValueError(f"--router folder not found: {self.router}")
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        from .pruning.caches import CACHES
+
+        if self.cache is not None and self.cache not in CACHES:
+            raise ValueError(f"unknown cache {self.cache!r}; choose from {', '.join(CACHES)}")
+        if self.cache == "pab" and self.method != "dense":
+            # PAB replays an attention module's output from an earlier step row for row; under token pruning the
+            # rows are a different token set (and count) at every step, so the replayed rows belong to other tokens
+            raise ValueError("--cache pab cannot be composed with token pruning (it replays attention rows of other "
+                             "tokens); use fbcache or taylorseer")
+        if self.fbcache_threshold <= 0.0:
+            raise ValueError(f"--fbcache-threshold must be positive, got {self.fbcache_threshold}")
+        if self.pab_skip < 2 or self.taylorseer_interval < 2:
+            raise ValueError("--pab-skip and --taylorseer-interval must be at least 2 (1 would never reuse anything)")
 
 
 @dataclass(frozen=True)

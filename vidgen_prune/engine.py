@@ -22,6 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from . import __version__
 from .config import GenerateConfig, PruneConfig
 from .pruning import make_pruner
+from .pruning.caches import apply_cache
 from .pruning.hooks import apply_pruner, remove_pruner
 
 TIMER_HOOK = "vidprune_timer"
@@ -59,6 +60,8 @@ class GenerationResult:
     tokens_per_forward: int
     kept_fraction: float  # token·block computations done / possible, over every forward
     peak_memory_mb: float  # CUDA: peak allocated; CPU: the process's peak resident set
+    block_calls: int = 0  # block forwards that ran (a cache skips some of transformer_calls × blocks)
+    cache_compute_fraction: float | None = None  # calls of the cache-hooked modules that computed; None: no cache
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
 
     @property
@@ -109,12 +112,19 @@ class _TransformerTimer(ModelHook):
 
 @contextmanager
 def pruned(transformer, prune: PruneConfig, num_steps: int, record_masks: bool = False):
-    """The transformer with `prune` applied for one generation; the hooks are gone afterwards."""
+    """The transformer with `prune` applied for one generation; the hooks are gone afterwards.
+
+    A cache (`prune.cache`) goes on after the pruner so that its hooks wrap vidprune's: it sees whole sequences
+    and the blocks it computes are pruned. Its monitor is `controller.cache` (None without a cache).
+    """
     controller = apply_pruner(transformer, make_pruner(prune), kernels=prune.kernels, max_queries=prune.score_queries)
     controller.reset(num_steps, record_masks=record_masks)
+    controller.cache = apply_cache(transformer, prune) if prune.cache else None
     try:
         yield controller
     finally:
+        if controller.cache is not None:
+            controller.cache.remove()
         remove_pruner(transformer)
 
 
@@ -175,6 +185,8 @@ def generate(
         tokens_per_forward=controller.grid.num_tokens,
         kept_fraction=controller.log.kept_fraction,
         peak_memory_mb=_peak_memory_mb(device),
+        block_calls=controller.log.total // controller.grid.num_tokens,
+        cache_compute_fraction=controller.cache.compute_fraction if controller.cache else None,
         masks=controller.log.masks,
     )
 

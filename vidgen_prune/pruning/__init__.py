@@ -13,6 +13,8 @@ METHODS: dict[str, str] = {
     "tape-r": "tape:TapeReselectionOnly",
     "tape-t": "tape:TapeScheduleOnly",
     "evit": "evit:EvitPruner",
+    "tome": "tome:TomePruner",
+    "stavit": "stavit:StaVitPruner",
     "router": "router:RouterPruner",
 }
 

@@ -50,3 +50,20 @@ class DensePruner(Pruner):
 
     def plan(self, layer: int, probe: ScoreProbe) -> TokenPlan | None:
         return None
+
+
+class EveryBlockPruner(Pruner):
+    """A method that reduces every block to the same K = N·(1 − r) rows at every step (ToMe, STA-ViT): its kept
+    fraction is 1 − r in each block, the budget TAPE spends on average. Subclasses choose the rows."""
+
+    def start_forward(self, info: ForwardInfo) -> None:
+        super().start_forward(info)
+        self.keep = max(1, round(info.grid.num_tokens * (1.0 - self.config.reduction)))
+
+    def plan(self, layer: int, probe: ScoreProbe) -> TokenPlan | None:
+        if self.keep >= self.info.grid.num_tokens:
+            return None
+        return self.reduce(probe)
+
+    def reduce(self, probe: ScoreProbe) -> TokenPlan:
+        raise NotImplementedError

@@ -1,0 +1,750 @@
+"""The bench: methods × reductions × prompts × seeds, timed and judged against dense, resumable from its JSON.
+
+Two modes.
+- Quality (default): full pipeline generations on a real model (the embedded tiny one unless `model` says
+  otherwise). For each prompt and seed the dense video is generated first; every other run is judged against
+  it (fidelity, temporal coherence), its keep masks give the adjacent-frame IoU and its kept tokens per block
+  call the analytic FLOPs; prompt adherence comes from the tiny world's checker where the prompt is in its
+  grammar. Runs of one prompt and seed follow each other, so a slowly changing machine load hits all methods.
+- Profile (`profile="wan2.1-1.3b"`): a real-size `WanTransformer3DModel` with random weights, random latents
+  and text, transformer forwards only (one per step, no CFG), optionally with a real-size random VAE decode
+  (`e2e`). Random weights make timing honest and quality meaningless, so quality metrics are refused.
+
+A method entry is a pruner (`tape`), a diffusers cache (`fbcache`) or both (`tape+fbcache`); a cache alone
+spends no token budget and has one row per bench, not one per reduction. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .config import GenerateConfig, PruneConfig
+from .pruning import METHODS
+from .pruning.caches import CACHES
+
+# ----------------------------------------------------------------------------------------------------- spec
+
+DEFAULT_METHODS = ("dense", "evit", "tome", "stavit", "tape", "tape-s", "tape-r", "tape-t")
+METRIC_GROUPS = ("timing", "fidelity", "masks", "adherence")
+QUALITY_METRICS = ("fidelity", "masks", "adherence")
+TEXT_TOKENS = 512  # WanPipeline pads prompts to max_sequence_length=512; the profile uses as many
+# Wan2.1 T2V transformers (config.json of the Wan-AI diffusers checkpoints; see shared/tools/probe_skip.py)
+_WAN21_COMMON = dict(
+    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+PROFILES = {
+    "wan2.1-1.3b": dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
+    "wan2.1-14b": dict(_WAN21_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+}
+PROFILE_LATENT = (21, 60, 104)  # 81 frames at 480×832 through Wan's VAE (4× time, 8× space)
+PROFILE_STEPS = 10  # forwards per profiled sequence unless --steps: 5 HighLow levels of 2 steps
+SPEC_KEYS = (
+    "methods", "reductions", "prompts", "held_out", "seeds", "warmup", "repeats", "metrics", "profile",
+    "profile_latent", "compile", "e2e", "generate", "prune",
+)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One bench column: a pruning method, a diffusers cache, or a pruner composed with a cache."""
+
+    pruner: str
+    cache: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.cache is None:
+            return self.pruner
+        return self.cache if self.pruner == "dense" else f"{self.pruner}+{self.cache}"
+
+    @property
+    def spends_budget(self) -> bool:
+        return self.pruner != "dense"
+
+    @classmethod
+    def parse(cls, text: str) -> MethodEntry:
+        parts = [part.strip() for part in text.split("+")]
+        if len(parts) == 1 and parts[0] in CACHES:
+            return cls("dense", parts[0])
+        if len(parts) > 2 or parts[0] not in METHODS or (len(parts) == 2 and parts[1] not in CACHES):
+            raise ValueError(
+                f"unknown bench method {text!r}: use a pruner ({', '.join(METHODS)}), a cache ({', '.join(CACHES)}) "
+                "or pruner+cache"
+            )
+        return cls(parts[0], parts[1] if len(parts) == 2 else None)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    gen: GenerateConfig  # steps, frames, size, model, device, dtype; its prompt/seed are replaced per run
+    prune: PruneConfig  # shared method settings (alpha, reselect_every, thresholds, kernels); method/cache replaced
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    reductions: tuple[float, ...] = (0.2, 0.3, 0.4)
+    prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1)
+    warmup: int = 1  # untimed generations before the first timed run of each method × reduction
+    repeats: int = 1  # timed generations per record; the record keeps their median
+    metrics: tuple[str, ...] = METRIC_GROUPS
+    profile: str | None = None
+    profile_latent: tuple[int, int, int] = PROFILE_LATENT
+    compile: bool = False  # torch.compile each transformer block's own forward (regional)
+    e2e: bool = False  # profile: add a real-size random-weight VAE decode
+
+    def __post_init__(self):
+        entries = [MethodEntry.parse(method) for method in self.methods]
+        if not entries:
+            raise ValueError("--methods must name at least one method")
+        if len({entry.name for entry in entries}) != len(entries):
+            raise ValueError(f"--methods lists a method twice: {', '.join(self.methods)}")
+        if any(entry.spends_budget for entry in entries) and not self.reductions:
+            raise ValueError("--reductions must list at least one reduction for the pruning methods")
+        if any(not 0.0 < r < 0.95 for r in self.reductions) or len(set(self.reductions)) != len(self.reductions):
+            raise ValueError(f"--reductions must be distinct values in (0, 0.95), got {self.reductions}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"--warmup must be >= 0 and --repeats >= 1, got {self.warmup} and {self.repeats}")
+        unknown = set(self.metrics) - set(METRIC_GROUPS)
+        if unknown or "timing" not in self.metrics:
+            raise ValueError(f"--metrics is a list of {', '.join(METRIC_GROUPS)} that includes timing, got "
+                             f"{', '.join(self.metrics)}")
+        for entry in entries:  # each method's own settings check (e.g. pab cannot compose with a pruner)
+            for reduction in self.reductions if entry.spends_budget else (0.0,):
+                self.prune_config(entry, reduction)
+        if self.profile is None:
+            if self.e2e:
+                raise ValueError("--e2e belongs to --profile (a quality bench always decodes)")
+            if not self.prompts:
+                raise ValueError("a quality bench needs at least one prompt")
+            return
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(PROFILES)}")
+        asked = sorted(set(self.metrics) & set(QUALITY_METRICS))
+        if asked:
+            raise ValueError(f"--profile times random-weight transformers, so quality metrics ({', '.join(asked)}) "
+                             "would be meaningless: use --metrics timing, or drop --profile")
+        if self.prompts:
+            raise ValueError("--profile uses random text embeddings: drop --prompt/--prompts")
+        frames, height, width = self.profile_latent
+        if min(self.profile_latent) < 1 or height % 2 or width % 2 or frames < 2:
+            raise ValueError(f"--profile-latent F,H,W needs F >= 2 and even H, W (patch 1×2×2), got {frames},{height},"
+                             f"{width}")
+
+    @property
+    def entries(self) -> list[MethodEntry]:
+        return [MethodEntry.parse(method) for method in self.methods]
+
+    def prune_config(self, entry: MethodEntry, reduction: float) -> PruneConfig:
+        return replace(self.prune, method=entry.pruner, reduction=reduction, cache=entry.cache)
+
+    def runs(self) -> list[RunKey]:
+        """Every record of the bench in run order: per prompt and seed, dense first, then each method × reduction."""
+        groups = [("", seed) for seed in self.seeds[:1]] if self.profile else [
+            (prompt, seed) for prompt in self.prompts for seed in self.seeds
+        ]
+        keys = []
+        for prompt, seed in groups:
+            keys.append(RunKey("dense", None, prompt, seed))
+            for entry in self.entries:
+                if entry.name == "dense":
+                    continue
+                for reduction in self.reductions if entry.spends_budget else (None,):
+                    keys.append(RunKey(entry.name, reduction, prompt, seed))
+        return keys
+
+    def fingerprint(self) -> str:
+        """What makes two benches' records comparable: everything but the lists of runs and the repeat counts."""
+        settings = {
+            "gen": {k: v for k, v in asdict(self.gen).items() if k not in ("prompt", "seed", "out", "fps")},
+            "prune": {k: v for k, v in asdict(self.prune).items() if k not in ("method", "reduction", "cache")},
+            "metrics": sorted(self.metrics), "profile": self.profile, "profile_latent": list(self.profile_latent),
+            "compile": self.compile, "e2e": self.e2e,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    method: str
+    reduction: float | None  # None: dense or a cache alone (no token budget)
+    prompt: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        reduction = "-" if self.reduction is None else f"{self.reduction:g}"
+        return f"{self.method}|{reduction}|{self.seed}|{self.prompt}"
+
+    @property
+    def entry(self) -> MethodEntry:
+        return MethodEntry.parse(self.method)
+
+
+def read_spec_file(path: Path) -> dict:
+    """The YAML bench spec as a dict of BenchSpec-like keys (see `SPEC_KEYS`); unknown keys are errors."""
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"--spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"--spec {path} is not valid YAML") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"--spec {path} must be a mapping of {', '.join(SPEC_KEYS)}")
+    unknown = set(data) - set(SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"--spec {path}: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(SPEC_KEYS)})")
+    return data
+
+
+def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_flags: dict, preset: str | None):
+    """A BenchSpec from defaults < preset < YAML spec < flags (None = not given); raises ValueError on bad input.
+
+    `lists` holds the bench's own keys (methods, reductions, prompts, held_out, seeds, warmup, repeats, metrics,
+    profile, profile_latent, compile, e2e). The preset is the profile's (wan2.1-1.3b) in profile mode, else the
+    model's. Without prompts, a quality bench of the embedded model takes the first 8 held-out prompts.
+    """
+    from .presets import default_preset, load_preset, merged
+    from .tiny.prompts import HELD_OUT_PROMPTS
+
+    data = read_spec_file(spec_file) if spec_file else {}
+    given = {key: value for key, value in lists.items() if value is not None and key != "held_out"}
+    values = {key: data[key] for key in SPEC_KEYS if key in data and key not in ("generate", "prune", "held_out")}
+    values |= given
+    held_out = lists["held_out"] if lists.get("held_out") is not None else data.get("held_out")
+    if held_out is not None:
+        if not 1 <= held_out <= len(HELD_OUT_PROMPTS):
+            raise ValueError(f"--held-out must be in [1, {len(HELD_OUT_PROMPTS)}], got {held_out}")
+        values["prompts"] = HELD_OUT_PROMPTS[:held_out]
+    profile = values.get("profile")
+    if profile and "metrics" not in values:
+        values["metrics"] = ("timing",)
+    generate_values = {**(data.get("generate") or {}), **{k: v for k, v in generate_flags.items() if v is not None}}
+    preset = preset or (profile if profile in PROFILES else default_preset(generate_values.get("model")))
+    preset_values = load_preset(preset) if preset else None
+    gen_values = merged("generate", preset_values, generate_values)
+    if profile:  # the profile's own latent and step count, not the preset's 50-step 81-frame generation
+        gen_values = {k: v for k, v in gen_values.items() if k not in ("steps", "frames", "height", "width")}
+        gen_values["steps"] = generate_values.get("steps", PROFILE_STEPS)
+    if not profile and "prompts" not in values and gen_values.get("model") is None:
+        values["prompts"] = HELD_OUT_PROMPTS[:8]
+    prompts = tuple(values.get("prompts", ()))
+    gen = GenerateConfig(**{**gen_values, "prompt": prompts[0] if prompts else "profile"})
+    prune = PruneConfig(**merged("prune", preset_values, {**(data.get("prune") or {}), **prune_flags}))
+    try:
+        for key in ("methods", "reductions", "seeds", "metrics", "profile_latent"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return BenchSpec(gen=gen, prune=prune, **{**values, "prompts": prompts})
+    except TypeError as error:  # a YAML value of the wrong shape (a string where a list belongs, ...)
+        raise ValueError(f"bench settings of the wrong type: {error}") from error
+
+
+def check_budgets(spec: BenchSpec, pipe) -> None:
+    """Refuse (ValueError) a method × reduction the model's depth cannot reach, before any compute."""
+    from .pruning import make_pruner
+
+    layers = PROFILES[spec.profile]["num_layers"] if spec.profile else len(_blocks(pipe.transformer))
+    for entry in spec.entries:
+        for reduction in spec.reductions if entry.spends_budget else (0.0,):
+            make_pruner(spec.prune_config(entry, reduction)).check_budget(layers)
+
+
+# ----------------------------------------------------------------------------------------------- record fields
+
+RUN_FIELDS = (
+    "method", "pruner", "cache", "reduction", "prompt", "seed", "mode", "device",
+    "total_s", "transformer_s", "transformer_step_ms", "decode_s", "frames_per_s", "tokens_per_s", "timing_runs_s",
+    "tokens_per_forward", "transformer_calls", "kept_fraction", "block_fraction", "cache_compute_fraction",
+    "tflops", "flop_bound_speedup", "peak_memory_mb",
+    "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou",
+    "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
+)
+MEAN_FIELDS = (
+    "kept_fraction", "block_fraction", "cache_compute_fraction", "flop_bound_speedup", "total_s", "transformer_s",
+    "transformer_step_ms", "tokens_per_s", "tflops", "peak_memory_mb",
+    "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou", "adherence",
+)
+AGGREGATE_FIELDS = ("method", "pruner", "cache", "reduction", "runs", "speedup", "transformer_speedup") + MEAN_FIELDS
+
+
+def flop_count(masks: list, block_calls: int, tokens: int, transformer) -> tuple[float, float]:
+    """(FLOPs done, FLOPs of the same forwards run dense) per sample, from the kept tokens of each block call.
+
+    `masks` lists the pruned block calls (step, call, layer, positions (B, K)); the other `block_calls` computed
+    every token. Blocks a cache skipped are not in `block_calls`, so they cost nothing here.
+    """
+    from .metrics import block_flops
+
+    config = transformer.config
+    dims = dict(dim=config.num_attention_heads * config.attention_head_dim, ffn_dim=config.ffn_dim,
+                text_tokens=TEXT_TOKENS)
+    dense_block = block_flops(tokens, **dims)
+    done = sum(block_flops(tokens, kept=positions.shape[1], **dims) for *_, positions in masks)
+    done += (block_calls - len(masks)) * dense_block
+    return done, dense_block
+
+
+def mask_iou(masks: list, grid) -> float | None:
+    """Adjacent-latent-frame IoU of the skipped sites, over every recorded block call (None: nothing pruned)."""
+    import numpy as np
+
+    from .metrics import adjacent_frame_iou
+
+    if not masks or grid.frames < 2:
+        return None
+    stack = []
+    for *_, positions in masks:
+        keep = np.zeros((positions.shape[0], grid.num_tokens), dtype=bool)  # (B, N)
+        np.put_along_axis(keep, positions.numpy(), True, axis=1)
+        stack.append(keep.reshape(-1, grid.frames, grid.height, grid.width))  # (B, F, H, W)
+    return adjacent_frame_iou(np.concatenate(stack))
+
+
+def adherence(frames, prompt: str) -> dict:
+    """The tiny world's checker on `frames`: per attribute and the mean; empty for a prompt outside its grammar."""
+    from .tiny.checker import score_video
+    from .tiny.prompts import parse_caption
+
+    try:
+        parse_caption(prompt)
+    except ValueError:
+        return {}
+    scores = score_video(frames, prompt)
+    return {"adherence": sum(scores.values()) / len(scores), **{f"adherence_{k}": float(v) for k, v in scores.items()}}
+
+
+def aggregate(records: list[dict], spec: BenchSpec) -> list[dict]:
+    """One row per method × reduction in spec order: means over its runs, speedups against dense on the same
+    prompts and seeds (ratio of mean times)."""
+    by_key: dict[tuple, list[dict]] = {}
+    for record in records:
+        by_key.setdefault((record["method"], record["reduction"]), []).append(record)
+    dense = {(r["prompt"], r["seed"]): r for r in by_key.get(("dense", None), [])}
+    rows = []
+    for key in dict.fromkeys((k.method, k.reduction) for k in spec.runs()):
+        runs = by_key.get(key, [])
+        if not runs:
+            continue
+        paired = [(dense[(r["prompt"], r["seed"])], r) for r in runs if (r["prompt"], r["seed"]) in dense]
+        row = {"method": key[0], "pruner": runs[0]["pruner"], "cache": runs[0]["cache"], "reduction": key[1],
+               "runs": len(runs), "speedup": _mean_ratio(paired, "total_s"),
+               "transformer_speedup": _mean_ratio(paired, "transformer_s")}
+        for name in MEAN_FIELDS:
+            values = [r[name] for r in runs if r.get(name) is not None]
+            row[name] = statistics.fmean(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def _mean_ratio(paired: list[tuple[dict, dict]], name: str) -> float | None:
+    if not paired:
+        return None
+    return statistics.fmean(d[name] for d, _ in paired) / statistics.fmean(r[name] for _, r in paired)
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class BenchResult:
+    records: list[dict]
+    aggregates: list[dict]
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: int = 0  # records found finished in the JSON and not run again
+
+
+class Bench:
+    """Runs a BenchSpec into `out_dir` (bench.json after every record, then runs.csv, summary.csv/.md, a PNG)."""
+
+    def __init__(self, spec: BenchSpec, out_dir: Path, on_progress: Callable[[int, int, str], None] | None = None):
+        self.spec, self.out_dir, self.on_progress = spec, Path(out_dir), on_progress
+        self.json_path = self.out_dir / "bench.json"
+        self.records: dict[str, dict] = {}
+        self._warmed: set[str] = set()
+
+    def check(self) -> None:
+        """Refuse, before any compute: an unwritable folder, or a JSON from a bench with other settings."""
+        from .engine import check_writable
+
+        check_writable(self.json_path)
+        if self.json_path.exists():
+            try:
+                saved = json.loads(self.json_path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"cannot resume from {self.json_path}: {error}") from error
+            if saved.get("fingerprint") != self.spec.fingerprint():
+                raise ValueError(f"{self.json_path} holds a bench with other settings; use another --out")
+            self.records = {RunKey(r["method"], r["reduction"], r["prompt"] or "", r["seed"]).id: r
+                            for r in saved.get("records", [])}
+
+    def run(self, pipe=None) -> BenchResult:
+        """Run every record missing from the JSON. `pipe`: the loaded pipeline (quality mode) or None (profile)."""
+        keys = self.spec.runs()
+        todo = [key for key in keys if key.id not in self.records]
+        skipped = len(keys) - len(todo)
+        self._done, self._total = 0, len(todo)
+        if self.spec.profile:
+            self._run_profile(todo)
+        else:
+            self._run_quality(pipe, todo)
+        return self.finish(skipped)
+
+    def finish(self, skipped: int = 0) -> BenchResult:
+        ordered = [self.records[key.id] for key in self.spec.runs() if key.id in self.records]
+        result = BenchResult(ordered, aggregate(ordered, self.spec), skipped=skipped)
+        result.files = write_outputs(result, self.spec, self.out_dir)
+        return result
+
+    # ------------------------------------------------------------------------------------------- quality mode
+
+    def _run_quality(self, pipe, todo: list[RunKey]) -> None:
+        from .models import adapter_for
+
+        if self.spec.compile:
+            compile_blocks(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        groups: dict[tuple[str, int], list[RunKey]] = {}
+        for key in todo:
+            groups.setdefault((key.prompt, key.seed), []).append(key)
+        for (prompt, seed), keys in groups.items():
+            gen = replace(self.spec.gen, prompt=prompt, seed=seed)
+            dense_key = RunKey("dense", None, prompt, seed)
+            dense_record, reference = self._generate(pipe, gen, dense_key, reference=None)
+            if dense_key in keys:  # on resume the dense video is regenerated as the reference, not recorded
+                self._save(dense_key, dense_record)
+            for key in keys:
+                if key != dense_key:
+                    self._save(key, self._generate(pipe, gen, key, reference)[0])
+
+    def _generate(self, pipe, gen: GenerateConfig, key: RunKey, reference):
+        from .engine import generate
+        from .metrics import video_fidelity
+
+        prune = self.spec.prune_config(key.entry, key.reduction or 0.0)
+        if self._first_time(key):
+            for _ in range(self.spec.warmup):
+                generate(pipe, gen, prune)
+        wants_masks = "masks" in self.spec.metrics
+        # masks (kept tokens per block call, for FLOPs and IoU) are recorded in the first timed run: on the CPU the
+        # copies cost microseconds; every repeat after it runs without them
+        results = [generate(pipe, gen, prune, record_masks=(i == 0)) for i in range(self.spec.repeats)]
+        first = results[0]
+        transformer = pipe.transformer
+        layers = len(_blocks(transformer))
+        flops, dense_block = flop_count(first.masks, first.block_calls, first.tokens_per_forward, transformer)
+        record = self._base_record(key, prune, gen.device)
+        total = statistics.median(r.total_s for r in results)
+        transformer_s = statistics.median(r.transformer_s for r in results)
+        record.update(
+            mode="quality", total_s=total, transformer_s=transformer_s,
+            transformer_step_ms=1000 * transformer_s / gen.steps,
+            frames_per_s=len(first.frames) / total,
+            tokens_per_s=first.tokens_per_forward * first.transformer_calls / transformer_s,
+            timing_runs_s=[r.total_s for r in results],
+            tokens_per_forward=first.tokens_per_forward, transformer_calls=first.transformer_calls,
+            kept_fraction=first.kept_fraction, block_fraction=first.block_calls / (first.transformer_calls * layers),
+            cache_compute_fraction=first.cache_compute_fraction,
+            tflops=flops / 1e12, flop_bound_speedup=first.transformer_calls * layers * dense_block / flops,
+            peak_memory_mb=max(r.peak_memory_mb for r in results),
+        )
+        if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
+            record.update(video_fidelity(reference, first.frames))
+        if wants_masks:
+            record["mask_iou"] = mask_iou(first.masks, _grid_of(pipe, gen))
+        if "adherence" in self.spec.metrics:
+            record.update(adherence(first.frames, gen.prompt))
+        return record, first.frames
+
+    # ------------------------------------------------------------------------------------------- profile mode
+
+    def _run_profile(self, todo: list[RunKey]) -> None:
+        import torch
+
+        from .engine import DTYPES
+
+        spec, gen = self.spec, self.spec.gen
+        device, dtype = torch.device(gen.device), DTYPES[gen.dtype]
+        torch.manual_seed(spec.seeds[0])
+        transformer = build_profile_transformer(spec.profile, device, dtype)
+        if spec.compile:
+            compile_blocks(transformer.blocks)
+        frames, height, width = spec.profile_latent
+        inputs = dict(
+            hidden_states=torch.randn(1, transformer.config.in_channels, frames, height, width, device=device,
+                                      dtype=dtype),
+            encoder_hidden_states=torch.randn(1, TEXT_TOKENS, transformer.config.text_dim, device=device, dtype=dtype),
+            return_dict=False,
+        )
+        decode_s = time_vae_decode(inputs["hidden_states"], spec) if spec.e2e else None
+        for key in todo:
+            record = self._profile_one(transformer, inputs, key)
+            record["decode_s"] = decode_s
+            if decode_s is not None:
+                record["total_s"] += decode_s
+            self._save(key, record)
+
+    def _profile_one(self, transformer, inputs: dict, key: RunKey) -> dict:
+        import torch
+
+        from .engine import _peak_memory_mb, pruned
+
+        spec, gen = self.spec, self.spec.gen
+        steps = gen.steps
+        prune = spec.prune_config(key.entry, key.reduction or 0.0)
+        timesteps = torch.linspace(999, 1, steps).tolist()
+        device = inputs["hidden_states"].device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.no_grad(), pruned(transformer, prune, steps) as controller:
+
+            def sequence(record_masks: bool = False) -> list[float]:
+                controller.reset(steps, record_masks=record_masks)
+                transformer._reset_stateful_cache()  # a cache's state belongs to one generation
+                times = []
+                for t in timesteps:
+                    timestep = torch.tensor([t], device=device)
+                    with transformer.cache_context("cond"):
+                        times.append(_timed(lambda: transformer(timestep=timestep, **inputs), device))
+                return times
+
+            for _ in range(spec.warmup):
+                sequence()
+            runs = [sequence() for _ in range(spec.repeats)]
+            sequence(record_masks=True)  # untimed: copying positions to the host would stall the GPU
+            log, calls = controller.log, controller.log.forwards
+            compute_fraction = controller.cache.compute_fraction if controller.cache else None
+            tokens = controller.grid.num_tokens
+        layers = len(transformer.blocks)
+        block_calls = log.total // tokens
+        flops, dense_block = flop_count(log.masks, block_calls, tokens, transformer)
+        per_forward = statistics.median(t for run in runs for t in run)
+        total = statistics.median(sum(run) for run in runs)
+        record = self._base_record(key, prune, gen.device)
+        record.update(
+            mode=f"profile:{spec.profile}", total_s=total, transformer_s=total, transformer_step_ms=1000 * per_forward,
+            tokens_per_s=tokens / per_forward, timing_runs_s=[sum(run) for run in runs], tokens_per_forward=tokens,
+            transformer_calls=calls, kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
+            cache_compute_fraction=compute_fraction, tflops=flops / 1e12,
+            flop_bound_speedup=calls * layers * dense_block / flops, peak_memory_mb=_peak_memory_mb(device),
+        )
+        return record
+
+    # --------------------------------------------------------------------------------------------- bookkeeping
+
+    def _first_time(self, key: RunKey) -> bool:
+        config_id = f"{key.method}|{key.reduction}"
+        first = config_id not in self._warmed
+        self._warmed.add(config_id)
+        return first
+
+    def _base_record(self, key: RunKey, prune: PruneConfig, device: str) -> dict:
+        record = dict.fromkeys(RUN_FIELDS)
+        record.update(method=key.method, pruner=prune.method, cache=prune.cache, reduction=key.reduction,
+                      prompt=key.prompt or None, seed=key.seed, device=device_name(device))
+        return record
+
+    def _save(self, key: RunKey, record: dict) -> None:
+        from .engine import write_json
+
+        self.records[key.id] = record
+        ordered = [self.records[k.id] for k in self.spec.runs() if k.id in self.records]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(bench_header(self.spec) | {"records": ordered}, self.json_path)
+        self._done += 1
+        if self.on_progress:
+            self.on_progress(self._done, self._total, key.method if key.reduction is None else
+                             f"{key.method} r={key.reduction:g}")
+
+
+def _blocks(transformer):
+    from .models import adapter_for
+
+    return adapter_for(transformer).blocks(transformer)
+
+
+def _grid_of(pipe, gen: GenerateConfig):
+    """Latent token grid of a generation of `gen`'s size (VAE compression, then the transformer's patch)."""
+    from .models import TokenGrid
+
+    p_t, p_h, p_w = pipe.transformer.config.patch_size
+    latent_frames = (gen.frames - 1) // pipe.vae_scale_factor_temporal + 1
+    return TokenGrid(latent_frames // p_t, gen.height // pipe.vae_scale_factor_spatial // p_h,
+                     gen.width // pipe.vae_scale_factor_spatial // p_w)
+
+
+def _timed(fn, device) -> float:
+    """Seconds one call of `fn` takes: CUDA events on a GPU, the wall clock elsewhere."""
+    import torch
+
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def build_profile_transformer(profile: str, device, dtype):
+    """The real-size Wan transformer of `profile` with random weights (no download)."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return WanTransformer3DModel(**PROFILES[profile]).to(device, dtype).eval()
+
+
+def time_vae_decode(latents, spec: BenchSpec) -> float:
+    """Median seconds of a real-size (Wan2.1 VAE, random weights) decode of `latents`, float32 as Wan runs it."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan().to(latents.device, torch.float32).eval()  # the default config is Wan2.1's VAE
+    with torch.no_grad():
+        decode = lambda: vae.decode(latents.float(), return_dict=False)  # noqa: E731
+        for _ in range(spec.warmup):
+            decode()
+        return statistics.median(_timed(decode, latents.device) for _ in range(spec.repeats))
+
+
+def compile_blocks(blocks) -> None:
+    """Regional torch.compile: each block's own forward, so vidprune's hook (Python bookkeeping, per-step token
+    choice) stays eager around the compiled compute. The kept count K is fixed within a step, so a schedule
+    with L levels recompiles at most L + 1 times (dense N included) before dynamo marks the shape dynamic."""
+    import torch
+
+    for block in blocks:
+        block.forward = torch.compile(block.forward)
+
+
+def device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def bench_header(spec: BenchSpec) -> dict:
+    import diffusers
+    import torch
+
+    from . import __version__
+
+    return {
+        "fingerprint": spec.fingerprint(),
+        "spec": {
+            "methods": list(spec.methods), "reductions": list(spec.reductions), "prompts": list(spec.prompts),
+            "seeds": list(spec.seeds), "warmup": spec.warmup, "repeats": spec.repeats, "metrics": list(spec.metrics),
+            "profile": spec.profile, "profile_latent": list(spec.profile_latent), "compile": spec.compile,
+            "e2e": spec.e2e, "generate": asdict(spec.gen), "prune": asdict(spec.prune),
+        },
+        "device": device_name(spec.gen.device),
+        "versions": {"vidprune": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- output
+
+TABLE_COLUMNS = (
+    ("method", "method"), ("reduction", "r"), ("runs", "runs"), ("kept_fraction", "kept"),
+    ("flop_bound_speedup", "FLOP bound ×"), ("speedup", "speedup ×"), ("transformer_speedup", "transformer ×"),
+    ("transformer_step_ms", "transformer ms/step"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("tde", "TDE"),
+    ("warp_ratio", "warp ratio"), ("flicker", "flicker"), ("mask_iou", "mask IoU"), ("adherence", "adherence"),
+    ("cache_compute_fraction", "cache computed"),
+)
+_FORMATS = {"kept_fraction": ".3f", "flop_bound_speedup": ".2f", "speedup": ".2f", "transformer_speedup": ".2f",
+            "transformer_step_ms": ".1f", "psnr": ".2f", "ssim": ".4f", "tde": ".4f", "warp_ratio": ".3f",
+            "flicker": ".4f", "mask_iou": ".3f", "adherence": ".3f", "cache_compute_fraction": ".3f"}
+
+
+def table_rows(aggregates: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the summary table (columns with no value in any row are left out)."""
+    columns = [(name, title) for name, title in TABLE_COLUMNS if any(row.get(name) is not None for row in aggregates)]
+
+    def cell(row: dict, name: str) -> str:
+        value = row.get(name)
+        if value is None:
+            return "—"
+        if name == "reduction":
+            return f"{value:g}"
+        return format(value, _FORMATS[name]) if name in _FORMATS else str(value)
+
+    return [title for _, title in columns], [[cell(row, name) for name, _ in columns] for row in aggregates]
+
+
+def write_outputs(result: BenchResult, spec: BenchSpec, out_dir: Path) -> dict[str, Path]:
+    """bench.json (records + aggregates), runs.csv, summary.csv, summary.md and speedup_vs_fidelity.png."""
+    from .engine import write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: out_dir / name for name in ("bench.json", "runs.csv", "summary.csv", "summary.md")}
+    write_json(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates}, files["bench.json"])
+    _write_csv(files["runs.csv"], RUN_FIELDS, result.records)
+    _write_csv(files["summary.csv"], AGGREGATE_FIELDS, result.aggregates)
+    header, rows = table_rows(result.aggregates)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    files["summary.md"].write_text("\n".join(lines) + "\n")
+    if result.aggregates:
+        files["plot"] = out_dir / "speedup_vs_fidelity.png"
+        plot(result.aggregates, files["plot"], profile=spec.profile is not None)
+    return files
+
+
+def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    import os
+
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    os.replace(partial, path)
+
+
+def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
+    """Speedup against fidelity (PSNR, SSIM) per method, a line through its reductions; profile: speedup and the
+    FLOP bound against the reduction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("flop_bound_speedup", "FLOP-bound speedup ×"),) if profile else (("psnr", "PSNR vs dense (dB)"),
+                                                                               ("ssim", "SSIM vs dense"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    methods = list(dict.fromkeys(row["method"] for row in aggregates if row["method"] != "dense"))
+    for axis, (name, label) in zip(axes[0], panels):
+        for method in methods:
+            rows = [r for r in aggregates if r["method"] == method and r.get(name) is not None and r["speedup"]]
+            if not rows:
+                continue
+            x = [r["reduction"] or 0.0 for r in rows] if profile else [r["speedup"] for r in rows]
+            y = [r[name] for r in rows]
+            axis.plot(x, y, marker="o", label=method)
+            if profile:
+                axis.plot(x, [r["speedup"] for r in rows], marker="x", linestyle="--", label=f"{method} measured")
+        axis.set_xlabel("token reduction r" if profile else "speedup vs dense (total latency) ×")
+        axis.set_ylabel("speedup ×" if profile else label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    partial = path.with_name(f".{path.stem}.partial.png")
+    figure.savefig(partial, dpi=120)
+    plt.close(figure)
+    partial.replace(path)

@@ -1,0 +1,166 @@
+"""`vidprune bench`: every method side by side, timed and judged against dense; resumes from its JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (
+    Alpha,
+    Device,
+    Dtype,
+    Frames,
+    Guidance,
+    Height,
+    Kernels,
+    Model,
+    Preset,
+    ReselectEvery,
+    Schedule,
+    ScheduleDelta,
+    Steps,
+    Verbose,
+    Width,
+    bad_input,
+    console,
+    runtime_failure,
+)
+
+Methods = Annotated[
+    Optional[str],
+    typer.Option(help="Comma list: pruners, caches (fbcache, pab, taylorseer) or pruner+cache; default: all pruners."),
+]
+Reductions = Annotated[Optional[str], typer.Option(help="Comma list of token reductions (default 0.2,0.3,0.4).")]
+BenchPrompts = Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
+HeldOut = Annotated[Optional[int], typer.Option(help="Use the first N held-out prompts of the embedded model.")]
+Seeds = Annotated[Optional[str], typer.Option(help="Comma list of seeds (default 0,1).")]
+SpecFile = Annotated[Optional[Path], typer.Option("--spec", help="YAML bench spec; flags override it.")]
+Warmup = Annotated[Optional[int], typer.Option(help="Untimed runs before each method × reduction (default 1).")]
+Repeats = Annotated[Optional[int], typer.Option(help="Timed runs per record; the median is kept (default 1).")]
+Metrics = Annotated[
+    Optional[str], typer.Option(help="Comma list of timing, fidelity, masks, adherence (default all; profile: timing).")
+]
+BenchOut = Annotated[Path, typer.Option("--out", "-o", help="Results folder; re-running resumes from its bench.json.")]
+Profile = Annotated[
+    Optional[str], typer.Option(help="Time a real-size random-weight transformer: wan2.1-1.3b or wan2.1-14b.")
+]
+ProfileLatent = Annotated[Optional[str], typer.Option(help="--profile latent F,H,W (default 21,60,104 = 81×480×832).")]
+Compile = Annotated[Optional[bool], typer.Option("--compile", help="torch.compile each transformer block.")]
+EndToEnd = Annotated[Optional[bool], typer.Option("--e2e", help="--profile: add a real-size random VAE decode.")]
+FbcacheThreshold = Annotated[Optional[float], typer.Option(help="FirstBlockCache residual threshold (0.05).")]
+PabSkip = Annotated[Optional[int], typer.Option(help="PyramidAttentionBroadcast: recompute every N-th call (2).")]
+TaylorseerInterval = Annotated[Optional[int], typer.Option(help="TaylorSeer: full step every N steps (5).")]
+
+
+def _split(text: str | None, kind=str, flag: str = "") -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ValueError(f"--{flag}: {error}") from error
+
+
+def bench(
+    methods: Methods = None,
+    reductions: Reductions = None,
+    prompt: BenchPrompts = None,
+    held_out: HeldOut = None,
+    seeds: Seeds = None,
+    spec: SpecFile = None,
+    warmup: Warmup = None,
+    repeats: Repeats = None,
+    metrics: Metrics = None,
+    out: BenchOut = Path("benchmarks/results/bench"),
+    profile: Profile = None,
+    profile_latent: ProfileLatent = None,
+    compile: Compile = None,
+    e2e: EndToEnd = None,
+    model: Model = None,
+    steps: Steps = None,
+    frames: Frames = None,
+    height: Height = None,
+    width: Width = None,
+    guidance: Guidance = None,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    preset: Preset = None,
+    alpha: Alpha = None,
+    reselect_every: ReselectEvery = None,
+    schedule: Schedule = None,
+    schedule_delta: ScheduleDelta = None,
+    kernels: Kernels = None,
+    fbcache_threshold: FbcacheThreshold = None,
+    pab_skip: PabSkip = None,
+    taylorseer_interval: TaylorseerInterval = None,
+    verbose: Verbose = False,
+) -> None:
+    """Bench methods × reductions × prompts × seeds against dense: speed, FLOPs, fidelity, masks, adherence."""
+    with bad_input():
+        from ..bench import Bench, make_spec
+
+        bench_spec = make_spec(
+            spec,
+            dict(
+                methods=_split(methods, flag="methods"), reductions=_split(reductions, float, "reductions"),
+                prompts=prompt, held_out=held_out, seeds=_split(seeds, int, "seeds"), warmup=warmup,
+                repeats=repeats, metrics=_split(metrics, flag="metrics"),
+                profile=profile, profile_latent=_split(profile_latent, int, "profile-latent"), compile=compile,
+                e2e=e2e,
+            ),
+            dict(model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
+                 device=device, dtype=dtype),
+            dict(alpha=alpha, reselect_every=reselect_every, schedule=schedule, schedule_delta=schedule_delta,
+                 kernels=kernels, fbcache_threshold=fbcache_threshold, pab_skip=pab_skip,
+                 taylorseer_interval=taylorseer_interval),
+            preset,
+        )
+        runner = Bench(bench_spec, out)
+        runner.check()
+
+    pipe = None
+    if not bench_spec.profile:
+        with runtime_failure(verbose):
+            from ..engine import load_pipeline
+
+            gen = bench_spec.gen
+            pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+    with bad_input():
+        from ..bench import check_budgets
+
+        check_budgets(bench_spec, pipe)
+
+    with runtime_failure(verbose):
+        result = _run_with_progress(runner, pipe)
+
+    from rich.table import Table
+
+    from ..bench import table_rows
+
+    header, rows = table_rows(result.aggregates)
+    table = Table(title=f"vidprune bench → {out} ({result.records[0]['device'] if result.records else ''})",
+                  title_justify="left")
+    for title in header:
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if result.skipped:
+        console.print(f"resumed: {result.skipped} finished records were not run again")
+    console.print("files: " + ", ".join(str(path) for path in result.files.values()))
+
+
+def _run_with_progress(runner, pipe):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"bench: {label}")
+
+        runner.on_progress = update
+        return runner.run(pipe)

@@ -1,0 +1,113 @@
+"""diffusers' own cache accelerators as a vidprune option, composed with token pruning, and what they really skipped.
+
+A cache reuses computation across denoising steps; token pruning skips tokens within a step. They compose
+when the cache sits *outside* vidprune's block hook: diffusers chains hooks so the one registered last is
+the outermost, so `apply_cache` must run after `apply_pruner`. Then a block-level cache (FirstBlockCache,
+TaylorSeer) sees and stores full (B, N, D) sequences, and when it decides to compute a block, the call goes
+through vidprune's gather → block → scatter. The reverse order would hand the cache gathered rows whose
+token set changes every step.
+
+PyramidAttentionBroadcast hooks the attention modules *inside* the block, so under pruning it would replay
+attention rows computed for another token set: `PruneConfig` refuses that combination.
+
+MagCache is not offered: `MagCacheConfig` requires `mag_ratios`, per-checkpoint magnitude ratios measured by
+a calibration run of that very model and scheduler (diffusers ships them for Flux only), so it does not run
+on an arbitrary pipeline without per-model calibration data.
+
+This module's top level imports no torch: `PruneConfig` reads `CACHES` while validating flags.
+"""
+
+from __future__ import annotations
+
+# cache name → what it reuses (also the CLI's list of `--cache` choices)
+CACHES: dict[str, str] = {
+    "fbcache": "FirstBlockCache: skip blocks 1..L-1 when block 0's residual barely changed since the last step",
+    "pab": "PyramidAttentionBroadcast: replay each self-attention output for pab_skip - 1 calls",
+    "taylorseer": "TaylorSeer (lite): predict the output projection by a Taylor series between full steps",
+}
+TAYLORSEER_DENSE_STEPS = 3  # diffusers' default: the first steps run in full to seed the Taylor factors
+DIFFUSERS_CACHE_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "pyramid_attention_broadcast", "taylorseer_cache")
+
+
+def _compute_marker(module):
+    """A child that runs only when `module` really computes: a block's FFN or an attention's output projection."""
+    if hasattr(module, "ffn"):
+        return module.ffn
+    if hasattr(module, "to_out"):
+        return module.to_out[0]
+    return None  # a bare projection (TaylorSeer's proj_out): its skips are counted through the blocks
+
+
+class CacheMonitor:
+    """A diffusers cache on one transformer, with counts of the calls to the modules it hooks and of the calls
+    that really computed (the rest were replayed, predicted or skipped)."""
+
+    def __init__(self, transformer, name: str, diffusers_config):
+        from diffusers.hooks import HookRegistry, ModelHook
+
+        self.transformer, self.name = transformer, name
+        self.calls = self.computed = 0
+        self.timestep = None
+        monitor = self
+
+        class _TimestepProbe(ModelHook):  # PAB's timestep window needs the current timestep of each call
+            def pre_forward(self, module, *args, **kwargs):
+                timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+                monitor.timestep = float(timestep.flatten()[0])
+                return args, kwargs
+
+        self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
+        self._registry.register_hook(_TimestepProbe(), "vidprune_cache_timestep")
+        transformer.enable_cache(diffusers_config)
+        self._handles = []
+        for module in transformer.modules():
+            hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
+            marker = _compute_marker(module)
+            if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._count_call))
+            self._handles.append(marker.register_forward_pre_hook(self._count_compute))
+
+    def _count_call(self, module, args):
+        self.calls += 1
+
+    def _count_compute(self, module, args):
+        self.computed += 1
+
+    @property
+    def compute_fraction(self) -> float | None:
+        """Calls of the cached modules that computed / all their calls (1.0 = the cache never reused anything)."""
+        return self.computed / self.calls if self.calls else None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.transformer.disable_cache()
+        self._registry.remove_hook("vidprune_cache_timestep", recurse=False)
+
+
+def apply_cache(transformer, config) -> CacheMonitor:
+    """Enable the cache `config.cache` names (a PruneConfig) on `transformer`, outside any vidprune hooks."""
+    from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    if config.cache == "fbcache":
+        return CacheMonitor(transformer, "fbcache", FirstBlockCacheConfig(threshold=config.fbcache_threshold))
+    if config.cache == "taylorseer":
+        # lite mode: the default patterns (`^blocks.*attn`, fullmatch) hook nothing on Wan, whose modules are
+        # `blocks.N.attn1`; lite predicts `proj_out` and lets the blocks return zeros on predicted steps
+        taylor = TaylorSeerCacheConfig(
+            cache_interval=config.taylorseer_interval,
+            disable_cache_before_step=TAYLORSEER_DENSE_STEPS,
+            taylor_factors_dtype=next(transformer.parameters()).dtype,
+            use_lite_mode=True,
+        )
+        return CacheMonitor(transformer, "taylorseer", taylor)
+    if config.cache == "pab":
+        monitor = None
+        pab = PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=config.pab_skip,
+            current_timestep_callback=lambda: monitor.timestep,
+        )
+        monitor = CacheMonitor(transformer, "pab", pab)
+        return monitor
+    raise ValueError(f"unknown cache {config.cache!r}; choose from {', '.join(CACHES)}")
