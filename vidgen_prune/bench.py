@@ -494,6 +494,7 @@ class Bench:
 
     def _profile_one(self, transformer, inputs: dict, key: RunKey) -> dict:
         import torch
+        from diffusers.hooks import HookRegistry
 
         from .engine import _peak_memory_mb, pruned
 
@@ -508,7 +509,8 @@ class Bench:
 
             def sequence(record_masks: bool = False) -> list[float]:
                 controller.reset(steps, record_masks=record_masks)
-                transformer._reset_stateful_cache()  # a cache's state belongs to one generation
+                # a cache's state (residuals, Taylor factors) belongs to one sequence of steps
+                HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
                 times = []
                 for t in timesteps:
                     timestep = torch.tensor([t], device=device)
