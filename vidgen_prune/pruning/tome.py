@@ -49,10 +49,11 @@ def merge_plan(hidden: torch.Tensor, grid: TokenGrid, keep: int) -> TokenPlan:
     match_positions = (frame_offsets.unsqueeze(0) + dst_sites[best_site]).flatten(1)  # (B, F·Sa)
     merged = best_similarity.flatten(1).topk(merges, dim=1).indices  # (B, m) into the F·Sa sources
 
-    target = torch.arange(tokens, device=hidden.device).expand(batch, -1).clone()  # (B, N): own position
-    target.scatter_(1, src_positions[merged], match_positions.gather(1, merged))  # merged → its destination
-    is_kept = target == torch.arange(tokens, device=hidden.device)  # (B, N)
-    positions = is_kept.nonzero()[:, 1].view(batch, keep)  # (B, K), sorted
+    own = torch.arange(tokens, device=hidden.device).expand(batch, -1)  # (B, N)
+    target = own.clone().scatter_(1, src_positions[merged], match_positions.gather(1, merged))  # merged → its dst
+    is_kept = target == own  # (B, N)
+    # the kept positions in order, without nonzero()'s host sync: the merged ones sort to the end as N
+    positions = torch.where(is_kept, own, tokens).sort(dim=1).values[:, :keep]  # (B, K)
     row_of = is_kept.long().cumsum(1) - 1  # (B, N): row index of each kept position
     assignment = row_of.gather(1, target)  # (B, N): the row every token's update comes from
     sizes = torch.zeros(batch, keep, 1, device=hidden.device, dtype=hidden.dtype)
