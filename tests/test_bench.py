@@ -119,13 +119,32 @@ TINY_PROFILE = dict(
 
 
 @torch.no_grad()
+def test_profile_runs_a_composed_cache_and_decodes_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_module.PROFILES, "tiny-test", TINY_PROFILE)
+    monkeypatch.setattr(bench_module, "time_vae_decode", lambda latents, spec: 0.25)  # the real-size VAE is slow here
+    spec = make_spec(
+        None, dict(methods=["dense", "tape+fbcache"], reductions=[0.3], profile="tiny-test", profile_latent=[3, 8, 8],
+                   warmup=0, e2e=True),
+        dict(steps=4), dict(reselect_every=3, fbcache_threshold=0.5), preset="tiny-wan",
+    )
+    dense, composed = Bench(spec, tmp_path).run(None).records
+    assert composed["cache_compute_fraction"] < 1.0 and composed["kept_fraction"] < 1.0
+    assert composed["decode_s"] == 0.25 and composed["total_s"] == pytest.approx(composed["transformer_s"] + 0.25)
+
+
+def test_compile_with_a_cache_is_refused():
+    with pytest.raises(ValueError, match="--compile cannot be combined"):
+        make_spec(None, dict(methods=["dense", "tape+fbcache"], profile="wan2.1-1.3b", compile=True), {}, {}, None)
+
+
+@torch.no_grad()
 def test_profile_times_transformer_steps_with_kernels_and_compile(tmp_path, monkeypatch):
     monkeypatch.setitem(bench_module.PROFILES, "tiny-test", TINY_PROFILE)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)  # the wiring, not inductor
     spec = make_spec(
         None,
-        dict(methods=["dense", "tape", "tape+fbcache"], reductions=[0.3], profile="tiny-test",
+        dict(methods=["dense", "tape", "tome"], reductions=[0.3], profile="tiny-test",
              profile_latent=[3, 8, 8], warmup=1, repeats=2, compile=True),
         dict(steps=4), dict(reselect_every=3, kernels="torch", fbcache_threshold=0.5), preset="tiny-wan",
     )
@@ -133,8 +152,8 @@ def test_profile_times_transformer_steps_with_kernels_and_compile(tmp_path, monk
     check_budgets(spec, None)
     result = Bench(spec, tmp_path).run(None)
     assert len(compiled) == TINY_PROFILE["num_layers"]
-    dense, tape, composed = result.aggregates
+    dense, tape, tome = result.aggregates
     assert dense["transformer_step_ms"] > 0 and tape["speedup"] > 0
     assert tape["kept_fraction"] == pytest.approx(0.7, abs=0.02) and tape["psnr"] is None
-    assert tape["flop_bound_speedup"] > 1.0 and composed["cache_compute_fraction"] <= 1.0
+    assert tape["flop_bound_speedup"] > 1.0 and tome["flop_bound_speedup"] > 1.0
     assert all(record["mode"] == "profile:tiny-test" for record in result.records)

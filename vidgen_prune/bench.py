@@ -116,6 +116,10 @@ class BenchSpec:
         if unknown or "timing" not in self.metrics:
             raise ValueError(f"--metrics is a list of {', '.join(METRIC_GROUPS)} that includes timing, got "
                              f"{', '.join(self.metrics)}")
+        if self.compile and any(entry.cache for entry in entries):
+            # the caches hook modules inside the compiled block forward and are put on and taken off per run; dynamo
+            # does not guard module hooks (skip_nnmodule_hook_guards), so a compiled graph would ignore or keep them
+            raise ValueError("--compile cannot be combined with a cache method (fbcache, pab, taylorseer)")
         for entry in entries:  # each method's own settings check (e.g. pab cannot compose with a pruner)
             for reduction in self.reductions if entry.spends_budget else (0.0,):
                 self.prune_config(entry, reduction)
