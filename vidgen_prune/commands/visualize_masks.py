@@ -102,7 +102,8 @@ def visualize_masks(
         return
     table = Table(
         title=f"adjacent-frame IoU of skipped tokens at block {layer}, step {step} → {png}",
-        caption="kept: over the whole run; IoU all: mean over every pruned block and step", title_justify="left",
+        caption="kept: over the whole run; IoU all: mean over every pruned block and step",
+        title_justify="left", caption_justify="left",
     )
     for column in ("method", "reduction", "kept", "skipped", "IoU", "IoU all"):
         table.add_column(column, justify="left" if column == "method" else "right")
