@@ -22,8 +22,7 @@ SMALL = ["--sample-steps", "2", "--frames", "9", "--height", "64", "--width", "6
 def small_config(model_dir, out, steps: int) -> TrainRouterConfig:
     """One prompt, a 2-step trajectory of 9 frames at 64×64."""
     sampling = GenerateConfig(prompt=PROMPTS[0], model=str(model_dir), steps=2, frames=9, height=64, width=64)
-    # seed 1 draws denoising steps 0, 1, 1, 0: both halves of the resumed run include the pruned first step (the
-    # last of 2 steps runs dense at these ratios)
+    # seed 1 draws denoising steps 0, 1, 1, 0: both halves of the resumed run see both steps
     return TrainRouterConfig(prompts=PROMPTS[:1], out=out, sampling=sampling, steps=steps, checkpoint_every=2, seed=1)
 
 
@@ -122,3 +121,23 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tiny_model_dir, tmp_path, se
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.output
     assert not out.exists()
+
+
+@torch.no_grad()
+def test_evaluate_compares_router_untrained_router_and_tape_at_one_budget(tiny_pipe, tmp_path):
+    from vidgen_prune.pruning.router import save_router
+    from vidgen_prune.router_training import evaluate
+
+    fingerprint = model_fingerprint(tiny_pipe.transformer)
+    untrained = RouterNet.seeded(3, num_layers=fingerprint["blocks"], width=fingerprint["width"])
+    save_router(untrained, tmp_path, {"model": fingerprint, "training": {"seed": 3}, "step": 0})
+    # 1 step of 5 frames at 32×32: 32 tokens a forward, whole-token rounding moves the fraction by < 0.016
+    sampling = GenerateConfig(prompt="-", model=str(tiny_pipe.config._name_or_path), steps=1, frames=5, height=32,
+                              width=32)
+    report = evaluate(tiny_pipe, tmp_path, PROMPTS[:1], sampling, 0.3)
+    summary = report["summary"]
+    assert set(summary) == {"router", "untrained router", "tape"}
+    for figures in summary.values():
+        assert figures["kept_fraction"] == pytest.approx(0.7, abs=0.02) and figures["psnr"] > 0
+    # a router that never trained is its own untrained baseline: the same video
+    assert summary["router"]["psnr"] == summary["untrained router"]["psnr"]

@@ -29,7 +29,7 @@ def train_router(
     target_reduction: Annotated[float, typer.Option(help="Mean fraction of token·block computations to skip.")] = 0.3,
     steps: Annotated[int, typer.Option(help="Optimiser steps (in total, counting resumed ones).")] = 200,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the routers.")] = 1e-3,
-    ratio_lr: Annotated[float, typer.Option(help="Adam learning rate of the per-layer ratios ρ(ℓ).")] = 5e-3,
+    ratio_lr: Annotated[float, typer.Option(help="Gradient step size of the per-layer ratios ρ(ℓ).")] = 0.05,
     ratio_weight: Annotated[float, typer.Option(help="Weight λ of L_ratio = (mean ρ − ρ_target)².")] = 10.0,
     batch: Annotated[int, typer.Option(help="Prompts per optimiser step (each with both CFG passes).")] = 1,
     sample_steps: Annotated[

@@ -11,8 +11,9 @@ How many tokens block ℓ keeps at denoising step s:
 - a fixed per-step offset δ(s), a linear ramp from −0.3 at the first (noisiest) step to +0.3 at the last, so
   noisy steps prune more (4 steps: −0.3, −0.1, +0.1, +0.3, as in the paper);
 - one calibration shift c shared by every layer and step, so that the mean over layers and steps of
-  clamp(ρ(ℓ) + δ(s) + c, 0.1, 1) equals the budget (clamping at 1.0 would otherwise leave the mean short);
-  in training the budget is mean_ℓ ρ(ℓ) itself, at inference it is 1 − reduction;
+  clamp(ρ(ℓ) + δ(s) + c, 0.1, 1) equals the budget 1 − reduction, in training and at inference alike
+  (clamping at 1.0 would otherwise leave the mean short). c absorbs the mean of ρ(ℓ), so what training
+  learns is the profile over layers; L_ratio pins the mean to the target so ρ(ℓ) reads as a retention;
 - ratio bins every 10 %. Training interpolates between the two neighbouring bins (below); inference rounds
   each (layer, step) retention to its nearest bin, except that where plain rounding would miss the budget the
   entries closest to a bin boundary go the other way (largest-remainder rounding), so the kept fraction
@@ -140,8 +141,14 @@ class RouterNet(nn.Module):
         return (self.layer_ratios.mean() - target_retention) ** 2
 
     @torch.no_grad()
-    def clamp_ratios(self) -> None:
-        """Keep ρ(ℓ) within the bins after an optimiser step (projected gradient descent)."""
+    def descend_ratios(self, lr: float) -> None:
+        """A projected gradient step on ρ(ℓ), kept within the bins.
+
+        Plain steps, not Adam: L_ratio pulls every layer alike, ~50× harder than the distillation gradient that
+        tells layers apart while the mean travels from 0.9 to the target, and Adam's per-parameter scaling then
+        moves all layers in lockstep; a plain step keeps the per-layer differences of the gradient.
+        """
+        self.layer_ratios -= lr * self.layer_ratios.grad
         self.layer_ratios.clamp_(MIN_RETENTION, 1.0)
 
 
@@ -279,7 +286,7 @@ class RouterPruner(Pruner):
         super().start_forward(info)
         step = info.step if self.forced_step is None else self.forced_step
         if self.net.training:
-            budget = float(self.net.layer_ratios.detach().mean())
+            budget = 1.0 - self.config.reduction
             self.retentions = retention_table(self.net.layer_ratios, step_offsets(info.num_steps), budget)[:, step]
         else:
             self.retentions = self.bin_table(info.num_steps)[:, step]  # (L,)
