@@ -64,7 +64,7 @@ def step_offsets(num_steps: int, swing: float = STEP_SWING) -> torch.Tensor:
 def calibration_shift(layer_ratios: torch.Tensor, offsets: torch.Tensor, budget: float) -> float:
     """c with mean over (ℓ, s) of clamp(ρ(ℓ) + δ(s) + c, MIN_RETENTION, 1) = budget (bisection; the mean rises
     monotonically with c)."""
-    table = (layer_ratios.detach()[:, None] + offsets[None, :]).double()  # (L, S)
+    table = (layer_ratios.detach()[:, None] + offsets.to(layer_ratios.device)[None, :]).double()  # (L, S)
     low, high = -2.0, 2.0
     for _ in range(50):
         mid = (low + high) / 2
@@ -75,7 +75,7 @@ def calibration_shift(layer_ratios: torch.Tensor, offsets: torch.Tensor, budget:
 def retention_table(layer_ratios: torch.Tensor, offsets: torch.Tensor, budget: float) -> torch.Tensor:
     """Continuous retentions (L, S) averaging to `budget`; differentiable in `layer_ratios`."""
     shift = calibration_shift(layer_ratios, offsets, budget)
-    return (layer_ratios[:, None] + offsets[None, :] + shift).clamp(MIN_RETENTION, 1.0)  # (L, S)
+    return (layer_ratios[:, None] + offsets.to(layer_ratios.device)[None, :] + shift).clamp(MIN_RETENTION, 1.0)
 
 
 def round_to_bins(retentions: torch.Tensor) -> torch.Tensor:
@@ -295,7 +295,10 @@ class RouterPruner(Pruner):
         retention, tokens = self.retentions[layer], self.info.grid.num_tokens
         if float(retention.detach()) >= 1.0:
             return None
-        scores = self.net.routers[layer](probe.hidden_states, self.info.grid)  # (B, N)
+        hidden = probe.hidden_states
+        if self.net.layer_ratios.device != hidden.device:
+            self.net.to(hidden.device)  # loaded on the CPU, the transformer may be on a GPU
+        scores = self.net.routers[layer](hidden.float(), self.info.grid)  # (B, N), float32 for bf16 models too
         gate = 2.0 * torch.sigmoid(scores)  # (B, N), 1 at score 0
         if not self.net.training:
             positions = scores.topk(kept_count(float(retention), tokens), dim=1).indices.sort(dim=1).values  # (B, K)
