@@ -90,6 +90,11 @@ class MaskView:
     iou_all_blocks: float  # the same, averaged over every pruned block of every step (conditional pass)
     kept_fraction: float  # over the whole generation
 
+    @property
+    def label(self) -> str:
+        """The achieved budget, not the requested one: dense ignores --reduction."""
+        return f"{self.method}, kept {self.kept_fraction:.2f}"
+
     def to_dict(self) -> dict:
         return {
             "method": self.method,
@@ -159,7 +164,7 @@ def write_side_by_side_video(views: Sequence[MaskView], path: Path, fps: int) ->
     for i, (view, panel) in enumerate(zip(views, panels)):
         left = i * (width + GAP_PX)
         canvas[:, HEADER_PX:, left : left + width] = panel
-        cv2.putText(header, f"{view.method} r={view.reduction:g}", (left + 4, HEADER_PX - 10),
+        cv2.putText(header, view.label, (left + 4, HEADER_PX - 10),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     canvas[:, :HEADER_PX] = header
     write_video(canvas, path, fps)
@@ -184,7 +189,7 @@ def write_grid_png(views: Sequence[MaskView], path: Path, geometry: TokenGeometr
             if row == 0:
                 axis.set_title(f"frames {pixel_frame}–{last}" if last > pixel_frame else f"frame {pixel_frame}",
                                fontsize=9)
-        axes[row, 0].set_ylabel(f"{view.method} r={view.reduction:g}\nIoU {view.iou:.2f}", fontsize=9)
+        axes[row, 0].set_ylabel(f"{view.label}\nIoU {view.iou:.2f}", fontsize=9)
     figure.suptitle(f"skipped tokens (red), block {layer}, step {step}, conditional pass", fontsize=10)
     figure.tight_layout()
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
