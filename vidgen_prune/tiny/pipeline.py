@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResample, WanResidualBlock
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -29,9 +30,10 @@ class TinyConfig:
     vae_num_res_blocks: int = 1
     vae_temporal_downsample: tuple[bool, ...] = (True, True)
     # Wan2.2-style parameter-free space-to-channel shortcuts around each down/up block: the autoencoder starts
-    # near an average-pool / repeat pair, and reconstruction trains several times faster than without them
+    # near an average-pool / repeat pair (with branches zero-initialised); on this CPU the reconstruction loss
+    # fell about twice as fast as with the plain Wan2.1 blocks
     vae_residual: bool = True
-    # transformer; patch (1, 2, 2) as in Wan2.1
+    # transformer: width num_heads * head_dim = 96; patch (1, 2, 2) as in Wan2.1
     num_layers: int = 8
     num_heads: int = 3
     head_dim: int = 32
@@ -92,7 +94,7 @@ def build_text_encoder(config: TinyConfig) -> UMT5EncoderModel:
 
 
 def build_vae(config: TinyConfig) -> AutoencoderKLWan:
-    return AutoencoderKLWan(
+    vae = AutoencoderKLWan(
         base_dim=config.vae_base_dim,
         z_dim=config.vae_z_dim,
         dim_mult=list(config.vae_dim_mult),
@@ -104,6 +106,30 @@ def build_vae(config: TinyConfig) -> AutoencoderKLWan:
         scale_factor_temporal=config.temporal_factor,
         scale_factor_spatial=config.spatial_factor,
     ).eval()
+    if config.vae_residual:
+        _zero_residual_branches(vae)
+    return vae
+
+
+def _zero_residual_branches(vae: AutoencoderKLWan) -> None:
+    """Zero the last layer of every residual branch, so the untrained VAE is its shortcut path.
+
+    Encoder and decoder then start as conv_in -> average-pool / repeat shortcuts -> head, which already carries
+    colour and layout; on CPU this got reconstruction going within the few hundred steps we can afford, where the
+    default initialisation was still returning muddy colours after 700 (L1 + MSE 0.17).
+    """
+    for module in vae.modules():
+        if isinstance(module, WanResidualBlock):
+            layers = [module.conv2]
+        elif isinstance(module, WanAttentionBlock):
+            layers = [module.proj]
+        elif isinstance(module, WanResample) and module.mode != "none":
+            layers = [module.resample[-1]] + ([module.time_conv] if module.mode == "downsample3d" else [])
+        else:
+            continue
+        for layer in layers:
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
 
 
 def build_transformer(config: TinyConfig) -> WanTransformer3DModel:
