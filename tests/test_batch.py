@@ -10,7 +10,6 @@ import time
 
 import imageio.v3 as iio
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from vidgen_prune.batch import Manifest, read_prompt_file, shard
@@ -22,15 +21,6 @@ PRUNE = ["--method", "tape", "--reselect-every", "3"]
 TINY = ["--steps", "2", "--frames", "5", "--height", "32", "--width", "32", *PRUNE]
 # about 3x the work per item: the kill lands while each rank still has items to do
 TORCHRUN_ITEM = ["--steps", "2", "--frames", "9", "--height", "64", "--width", "64", *PRUNE]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes run faster on one thread, and several times faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*args):

@@ -8,7 +8,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from test_batch import one_thread  # noqa: F401 - the same autouse fixture: one torch thread for tiny shapes
 from typer.testing import CliRunner
 
 from vidgen_prune.cli import app

@@ -243,7 +243,9 @@ def sidecar(gen: GenerateConfig, prune: PruneConfig, result: GenerationResult, p
         "achieved_kept_fraction": result.kept_fraction,
         "tokens_per_forward": result.tokens_per_forward,
         "timings": result.timings(),
-        "device": torch.cuda.get_device_name() if gen.device.startswith("cuda") else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(torch.device(gen.device))
+        if gen.device.startswith("cuda")
+        else platform.processor() or "cpu",
         "versions": {
             "vidprune": __version__,
             "torch": torch.__version__,

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vidgen_prune.presets import EMBEDDED_PRESET, load_preset
+
 EMBEDDED_MODEL_DIR: Path = Path(__file__).resolve().parent / "weights"
 
-# What the embedded model was trained for. 17 frames at 128x128 -> latent 5x32x32 -> 1280 video tokens per
-# transformer forward with patch (1, 2, 2).
-GENERATION_DEFAULTS: dict = {
-    "frames": 17,
-    "height": 128,
-    "width": 128,
-    "steps": 20,
-    "guidance": 5.0,
-    "fps": 8,
-    "flow_shift": 3.0,
-}
+# What the embedded model was trained for, read from its preset (the one place these numbers live): 17 frames at
+# 128x128 -> latent 5x32x32 -> 1280 video tokens per transformer forward with patch (1, 2, 2).
+GENERATION_DEFAULTS: dict = load_preset(EMBEDDED_PRESET)["generate"]
