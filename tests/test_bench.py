@@ -95,6 +95,19 @@ def test_bench_writes_records_aggregates_and_resumes(tiny_pipe, tmp_path):
     assert resumed.run(tiny_pipe).skipped == 3 and ran == ["tape r=0.4"]
 
 
+def test_spec_file_settings_hold_unless_a_flag_overrides_them(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("methods: [dense, tape]\nreductions: [0.2]\nseeds: [3]\nprompts: [a red circle moving left "
+                         "on a black background]\ngenerate: {steps: 4, frames: 9}\nprune: {schedule: constant, "
+                         "reselect_every: 2}\n")
+    flags = dict(steps=None, frames=None, height=None, model=None)
+    spec = make_spec(spec_file, dict(seeds=None), flags, dict(schedule=None, reselect_every=None), None)
+    assert (spec.gen.steps, spec.gen.frames, spec.prune.schedule, spec.prune.reselect_every) == (4, 9, "constant", 2)
+    assert spec.seeds == (3,) and spec.reductions == (0.2,)
+    spec = make_spec(spec_file, dict(seeds=[5]), {**flags, "steps": 6}, dict(schedule="lowhigh"), None)
+    assert (spec.gen.steps, spec.prune.schedule, spec.prune.reselect_every, spec.seeds) == (6, "lowhigh", 2, (5,))
+
+
 def test_profile_refuses_quality_metrics():
     with pytest.raises(ValueError, match="quality metrics"):
         make_spec(None, dict(profile="wan2.1-1.3b", metrics=["timing", "fidelity"]), {}, {}, None)

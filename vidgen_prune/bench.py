@@ -221,9 +221,8 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     from .tiny.prompts import HELD_OUT_PROMPTS
 
     data = read_spec_file(spec_file) if spec_file else {}
-    given = {key: value for key, value in lists.items() if value is not None and key != "held_out"}
     values = {key: data[key] for key in SPEC_KEYS if key in data and key not in ("generate", "prune", "held_out")}
-    values |= given
+    values |= {key: value for key, value in _given(lists).items() if key != "held_out"}
     held_out = lists["held_out"] if lists.get("held_out") is not None else data.get("held_out")
     if held_out is not None:
         if not 1 <= held_out <= len(HELD_OUT_PROMPTS):
@@ -232,7 +231,7 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     profile = values.get("profile")
     if profile and "metrics" not in values:
         values["metrics"] = ("timing",)
-    generate_values = {**(data.get("generate") or {}), **{k: v for k, v in generate_flags.items() if v is not None}}
+    generate_values = {**(data.get("generate") or {}), **_given(generate_flags)}
     preset = preset or (profile if profile in PROFILES else default_preset(generate_values.get("model")))
     preset_values = load_preset(preset) if preset else None
     gen_values = merged("generate", preset_values, generate_values)
@@ -243,7 +242,7 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
         values["prompts"] = HELD_OUT_PROMPTS[:8]
     prompts = tuple(values.get("prompts", ()))
     gen = GenerateConfig(**{**gen_values, "prompt": prompts[0] if prompts else "profile"})
-    prune = PruneConfig(**merged("prune", preset_values, {**(data.get("prune") or {}), **prune_flags}))
+    prune = PruneConfig(**merged("prune", preset_values, {**(data.get("prune") or {}), **_given(prune_flags)}))
     try:
         for key in ("methods", "reductions", "seeds", "metrics", "profile_latent"):
             if key in values:
@@ -251,6 +250,11 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
         return BenchSpec(gen=gen, prune=prune, **{**values, "prompts": prompts})
     except TypeError as error:  # a YAML value of the wrong shape (a string where a list belongs, ...)
         raise ValueError(f"bench settings of the wrong type: {error}") from error
+
+
+def _given(flags: dict) -> dict:
+    """The flags a user actually gave (None = not given), so that they override the spec file and nothing else."""
+    return {key: value for key, value in flags.items() if value is not None}
 
 
 def check_budgets(spec: BenchSpec, pipe) -> None:
