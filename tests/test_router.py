@@ -194,3 +194,17 @@ def test_bad_router_flags_are_refused(tiny_model_dir, tmp_path, flags, fragment)
     out = tmp_path / "clip.mp4"
     result = run_generate("--prompt", "x", "--model", tiny_model_dir, *SMALL, "--out", out, *flags)
     assert_refused(result, out, fragment)
+
+
+def test_shipped_router_fits_the_embedded_model():
+    from vidgen_prune.pruning.router import DEFAULT_ROUTER_DIR, load_router
+    from vidgen_prune.tiny import EMBEDDED_MODEL_DIR
+
+    config_path = EMBEDDED_MODEL_DIR / "transformer" / "config.json"
+    if not config_path.is_file():
+        pytest.skip("the embedded model's weights are not in this checkout")
+    config = json.loads(config_path.read_text())
+    net, meta = load_router(DEFAULT_ROUTER_DIR)
+    assert meta["model"]["blocks"] == config["num_layers"] == net.spec["num_layers"]
+    assert meta["model"]["width"] == config["num_attention_heads"] * config["attention_head_dim"] == net.spec["width"]
+    assert meta["target_reduction"] == 0.3 and meta["step"] == meta["final"]["step"]

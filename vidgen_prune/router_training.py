@@ -370,8 +370,13 @@ def plot_losses(losses: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [row["step"] for row in losses]
+    distill = np.array([row["distill"] for row in losses])
+    window = max(1, min(20, len(distill) // 5))  # each step draws one denoising step: the raw loss jumps tenfold
+    smoothed = np.convolve(distill, np.ones(window) / window, mode="valid")
     figure, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(steps, [row["distill"] for row in losses], color="tab:blue", linewidth=0.8, label="velocity MSE")
+    loss_axis.plot(steps, distill, color="tab:blue", linewidth=0.5, alpha=0.4, label="velocity MSE")
+    loss_axis.plot(steps[window - 1 :], smoothed, color="tab:blue", label=f"mean of {window} steps")
+    loss_axis.legend(loc="upper left")
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("optimiser step")
     loss_axis.set_ylabel("velocity MSE vs dense", color="tab:blue")

@@ -247,8 +247,8 @@ def gated_plan(positions: torch.Tensor, gate: torch.Tensor) -> TokenPlan:
 class RouterPruner(Pruner):
     """`--method router`: a trained RouterNet from `config.router` (default: the embedded model's).
 
-    In eval mode (inference) retentions are rounded to bins and averaged to 1 − reduction; with `net` in
-    training mode (the trainer) they interpolate between bins around mean_ℓ ρ(ℓ), and the trainer sets
+    Retentions average to 1 − reduction over layers and steps. In eval mode (inference) they are rounded to
+    bins; with `net` in training mode (the trainer) they interpolate between bins, and the trainer sets
     `forced_step` to the denoising step of the batch (a shuffled batch does not follow the timestep order the
     hooks count steps by).
     """
@@ -286,8 +286,8 @@ class RouterPruner(Pruner):
         super().start_forward(info)
         step = info.step if self.forced_step is None else self.forced_step
         if self.net.training:
-            budget = 1.0 - self.config.reduction
-            self.retentions = retention_table(self.net.layer_ratios, step_offsets(info.num_steps), budget)[:, step]
+            table = retention_table(self.net.layer_ratios, step_offsets(info.num_steps), 1.0 - self.config.reduction)
+            self.retentions = table[:, step]  # (L,), differentiable in ρ(ℓ)
         else:
             self.retentions = self.bin_table(info.num_steps)[:, step]  # (L,)
 
