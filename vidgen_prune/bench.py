@@ -258,13 +258,17 @@ def _given(flags: dict) -> dict:
 
 
 def check_budgets(spec: BenchSpec, pipe) -> None:
-    """Refuse (ValueError) a method × reduction the model's depth cannot reach, before any compute."""
-    from .pruning import make_pruner
+    """Refuse (ValueError), before any compute, a method × reduction the model's depth cannot reach, or a router
+    made for another model."""
+    from .pruning import check_pruner, make_pruner
 
-    layers = PROFILES[spec.profile]["num_layers"] if spec.profile else len(_blocks(pipe.transformer))
     for entry in spec.entries:
         for reduction in spec.reductions if entry.spends_budget else (0.0,):
-            make_pruner(spec.prune_config(entry, reduction)).check_budget(layers)
+            config = spec.prune_config(entry, reduction)
+            if spec.profile:  # the random-weight transformer is built later: only its depth is known here
+                make_pruner(config).check_budget(PROFILES[spec.profile]["num_layers"])
+            else:
+                check_pruner(config, pipe.transformer)
 
 
 # ----------------------------------------------------------------------------------------------- record fields

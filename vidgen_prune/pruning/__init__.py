@@ -27,10 +27,9 @@ def make_pruner(config):
 
 def check_pruner(config, transformer) -> None:
     """Refuse (ValueError), before any compute, a method that cannot run on `transformer`: a budget out of reach,
-    or learned weights (a router) made for another model. Pruners with weights define `check_model`."""
+    or learned weights (a router) made for another model."""
     from ..models import adapter_for
 
     pruner = make_pruner(config)
     pruner.check_budget(len(adapter_for(transformer).blocks(transformer)))
-    if hasattr(pruner, "check_model"):
-        pruner.check_model(transformer)
+    pruner.check_model(transformer)

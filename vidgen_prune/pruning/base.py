@@ -36,6 +36,9 @@ class Pruner:
     def check_budget(self, num_layers: int) -> None:
         """Raise ValueError when `config.reduction` cannot be reached on a model with `num_layers` blocks."""
 
+    def check_model(self, transformer) -> None:
+        """Raise ValueError when learned weights of this pruner (a router) were made for another model."""
+
     def start_forward(self, info: ForwardInfo) -> None:
         self.info = info
 
