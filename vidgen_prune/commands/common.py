@@ -91,6 +91,20 @@ def runtime_failure(verbose: bool = False):
         fail(f"{type(error).__name__}: {error}", EXIT_RUNTIME)
 
 
+def load_checked_pipeline(gen, prunes: list, verbose: bool):
+    """Load `gen`'s pipeline (a failure is exit 1), then refuse (exit 2) any pruning config it cannot run."""
+    with runtime_failure(verbose):
+        from ..engine import load_pipeline
+
+        pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+    with bad_input():
+        from ..pruning import check_pruner
+
+        for prune in prunes:
+            check_pruner(prune, pipe.transformer)
+    return pipe
+
+
 def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")

@@ -37,6 +37,7 @@ from .common import (
     bad_input,
     console,
     key_value_table,
+    load_checked_pipeline,
     print_json,
     runtime_failure,
 )
@@ -105,15 +106,7 @@ def generate(
         out_path = out or Path(f"vidprune_{prune.method}_r{prune.reduction:g}_seed{gen.seed}.mp4")
         check_writable(out_path)
 
-    with runtime_failure(verbose):
-        from ..engine import load_pipeline
-
-        pipe = load_pipeline(gen.model, gen.device, gen.dtype)
-    with bad_input():
-        from ..pruning import check_pruner
-
-        check_pruner(prune, pipe.transformer)
-
+    pipe = load_checked_pipeline(gen, [prune], verbose)
     with runtime_failure(verbose):
         result = _run_with_progress(pipe, gen, prune)
         from ..engine import sidecar, write_json, write_video

@@ -27,6 +27,7 @@ from .common import (
     Width,
     bad_input,
     console,
+    load_checked_pipeline,
     print_json,
     runtime_failure,
 )
@@ -77,17 +78,11 @@ def visualize_masks(
 
         check_writable(png)
 
-    with runtime_failure(verbose):
-        from ..engine import load_pipeline
-
-        pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+    pipe = load_checked_pipeline(gen, prunes, verbose)
     with bad_input():
-        from ..pruning import check_pruner
         from ..viz import check_position
 
         check_position(pipe, gen, layer, step)
-        for prune in prunes:
-            check_pruner(prune, pipe.transformer)
 
     with runtime_failure(verbose):
         from ..viz import TokenGeometry, mask_views, write_grid_png, write_side_by_side_video
