@@ -45,6 +45,7 @@ class PruneController:
         self.num_layers = len(adapter.blocks(transformer))
         self.num_steps = 1
         self.log = KeptTokenLog()
+        self.cache = None  # the diffusers cache composed with this pruner, when engine.pruned() adds one
         self.reset()
 
     def reset(self, num_steps: int | None = None, record_masks: bool = False) -> None:
