@@ -1,6 +1,6 @@
-"""Train the embedded tiny text-to-video model on procedural videos, on CPU, from a seed.
+"""Train the embedded tiny text-to-video model on procedural videos, from a seed (CPU by default).
 
-    python -m vidgen_prune.tiny.train --out vidgen_prune/tiny/weights --seed 0
+    python -m vidgen_prune.tiny.train --out vidgen_prune/tiny/weights --seed 0 [--device cuda]
 
 Stages:
   1. VAE: reconstruction (L1 + MSE of the decoded posterior mean, object pixels weighted x10) plus a small KL
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     config = TinyConfig()
-    pipe = build_pipeline(config, seed=args.seed)
+    pipe = build_pipeline(config, seed=args.seed).to(args.device)
     log = _CsvLog(out / "train_log.csv")
     wall: dict[str, float] = {}
 
@@ -107,8 +107,8 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
             videos = render_batch(batch_specs, int(rng.integers(2**31)), frames, size, size)  # (B, 9, H, W, 3)
             top, left = rng.integers(0, size - args.vae_crop + 1, size=2)
             crop = videos[:, :, top : top + args.vae_crop, left : left + args.vae_crop]  # (B, 9, c, c, 3)
-            clip = torch.from_numpy(to_model_range(crop))  # (B, 3, 9, c, c)
-            weight = _object_weight(crop, batch_specs, args.vae_object_weight)  # (B, 1, 9, c, c)
+            clip = torch.from_numpy(to_model_range(crop)).to(args.device)  # (B, 3, 9, c, c)
+            weight = _object_weight(crop, batch_specs, args.vae_object_weight).to(args.device)  # (B, 1, 9, c, c)
             posterior = vae.encode(clip).latent_dist
             # decode the posterior mean: with sampling, the unit initial variance drowns the small initial means
             # and reconstruction stalled (MSE 0.10 after 250 steps); the transformer only ever sees means anyway
@@ -154,8 +154,8 @@ def encode_training_set(vae, rng: np.random.Generator, args: argparse.Namespace)
         for begin in range(0, len(specs), 8):
             batch = specs[begin : begin + 8]
             videos = render_batch(batch, int(rng.integers(2**31)), frames, size, size)
-            clip = torch.from_numpy(to_model_range(videos))  # (B, 3, F, H, W)
-            chunks.append(vae.encode(clip).latent_dist.mode())  # (B, z, F', H/4, W/4)
+            clip = torch.from_numpy(to_model_range(videos)).to(args.device)  # (B, 3, F, H, W)
+            chunks.append(vae.encode(clip).latent_dist.mode().cpu())  # (B, z, F', H/4, W/4)
             progress.update(task, advance=len(batch))
     return specs, torch.cat(chunks)
 
@@ -183,15 +183,16 @@ def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generat
             for group in optimiser.param_groups:
                 group["lr"] = lr
             pick = torch.from_numpy(rng.integers(0, len(specs), size=args.batch))  # (B,)
-            x0 = latents[pick]  # (B, z, F', h, w)
-            text = embeds[caption_index[pick]].clone()  # (B, 512, text_dim)
-            dropped = torch.rand(args.batch, generator=generator) < args.text_dropout  # (B,)
+            x0 = latents[pick].to(args.device)  # (B, z, F', h, w)
+            text = embeds[caption_index[pick].to(embeds.device)].clone()  # (B, 512, text_dim)
+            # every random draw on the CPU generator: the same seed trains the same model on any device
+            dropped = (torch.rand(args.batch, generator=generator) < args.text_dropout).to(text.device)  # (B,)
             text[dropped] = empty[0]
             # sigmas drawn as UniPC spends its steps: uniform, then shifted towards noise by flow_shift
             uniform = torch.rand(args.batch, generator=generator)  # (B,)
             shift = pipe.scheduler.config.flow_shift
-            sigma = shift * uniform / (1.0 + (shift - 1.0) * uniform)  # (B,)
-            noise = torch.randn(x0.shape, generator=generator)  # (B, z, F', h, w)
+            sigma = (shift * uniform / (1.0 + (shift - 1.0) * uniform)).to(args.device)  # (B,)
+            noise = torch.randn(x0.shape, generator=generator).to(args.device)  # (B, z, F', h, w)
             s = sigma.view(-1, 1, 1, 1, 1)
             noisy = (1.0 - s) * x0 + s * noise  # (B, z, F', h, w)
             velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
@@ -249,6 +250,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder for the pipeline, train_log.csv, train_summary.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=4)
     parser.add_argument("--vae-crop", type=int, default=48, help="square crop side of VAE training clips")
