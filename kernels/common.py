@@ -19,6 +19,18 @@ except ImportError:  # triton is an optional extra ([gpu], [test]); the torch re
         return fn
 
 
+@jit
+def kept_row(idx_ptr, stride_ib, stride_ik, K):
+    """For a one-program-per-kept-row kernel: (b, k, n) = batch row, kept slot and the sequence position idx[b, k].
+
+    int64 arithmetic: b * stride_xb passes 2**31 at B = 16, N = 32760, D = 5120.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    b = row // K
+    k = row % K
+    return b, k, tl.load(idx_ptr + b * stride_ib + k * stride_ik)
+
+
 def interpreting() -> bool:
     """Whether TRITON_INTERPRET asks for the CPU interpreter (same spellings as triton's own env parsing).
 

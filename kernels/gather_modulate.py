@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import check_index, gather_tokens, jit, row_settings, tl
+from .common import check_index, gather_tokens, jit, kept_row, row_settings, tl
 from .dispatch import resolve_backend
 
 
@@ -25,11 +25,8 @@ def _gather_norm_modulate_kernel(
     stride_ob, stride_ok,
     BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    # One program per kept row (b, k). int64 row arithmetic: b * stride_xb passes 2**31 at B = 16, N = 32760, D = 5120.
-    row = tl.program_id(0).to(tl.int64)
-    b = row // K
-    k = row % K
-    n = tl.load(idx_ptr + b * stride_ib + k * stride_ik)
+    # One program per kept row (b, k).
+    b, k, n = kept_row(idx_ptr, stride_ib, stride_ik, K)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
 

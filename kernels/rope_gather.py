@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_index, gather_tokens, jit, row_settings, tl
+from .common import check_index, gather_tokens, jit, kept_row, row_settings, tl
 from .dispatch import resolve_backend
 
 
@@ -18,16 +18,13 @@ def _gather_rotary_kernel(
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     # One program per kept row; outputs are contiguous (B, K, HD).
-    row = tl.program_id(0).to(tl.int64)
-    b = row // K
-    k = row % K
-    n = tl.load(idx_ptr + b * stride_ib + k * stride_ik)
+    b, k, n = kept_row(idx_ptr, stride_ib, stride_ik, K)
     cols = tl.arange(0, BLOCK)
     mask = cols < HD
     cos = tl.load(cos_ptr + b * stride_cb + n * stride_cn + cols * stride_cd, mask=mask)
     sin = tl.load(sin_ptr + b * stride_sb + n * stride_sn + cols * stride_sd, mask=mask)
-    tl.store(cos_out_ptr + row * HD + cols, cos, mask=mask)
-    tl.store(sin_out_ptr + row * HD + cols, sin, mask=mask)
+    tl.store(cos_out_ptr + (b * K + k) * HD + cols, cos, mask=mask)
+    tl.store(sin_out_ptr + (b * K + k) * HD + cols, sin, mask=mask)
 
 
 def gather_rotary_torch(cos: torch.Tensor, sin: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

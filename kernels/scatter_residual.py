@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_index, gather_tokens, jit, row_settings, tl
+from .common import check_index, gather_tokens, jit, kept_row, row_settings, tl
 from .dispatch import resolve_backend
 
 
@@ -24,10 +24,7 @@ def _scatter_gated_residual_kernel(
 ):  # fmt: skip
     # One program per kept row; idx rows are unique within a batch row, so no two programs touch the same x row and
     # plain loads/stores suffice (no atomics).
-    row = tl.program_id(0).to(tl.int64)
-    b = row // K
-    k = row % K
-    n = tl.load(idx_ptr + b * stride_ib + k * stride_ik)
+    b, k, n = kept_row(idx_ptr, stride_ib, stride_ik, K)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
 
