@@ -35,6 +35,25 @@ def test_generate_writes_a_decodable_mp4_and_sidecar(tiny_model_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+@pytest.mark.parametrize(("preset", "text_positions"), [([], 512), (["--preset", "tiny-wan"], 16)])
+def test_the_presets_text_length_reaches_the_prompt_encoder(tiny_model_dir, tmp_path, monkeypatch, preset,
+                                                            text_positions):
+    from diffusers import WanPipeline
+
+    seen = []
+    encode_prompt = WanPipeline.encode_prompt
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs["max_sequence_length"])
+        return encode_prompt(self, *args, **kwargs)
+
+    monkeypatch.setattr(WanPipeline, "encode_prompt", recording)
+    result = run("--prompt", "a red circle moving left", "--model", tiny_model_dir, *preset, *SMALL,
+                 "--out", tmp_path / "clip.mp4")
+    assert result.exit_code == 0, result.output
+    assert seen == [text_positions]  # an unknown model gets Wan's 512; the embedded model's preset says 16
+
+
 def assert_refused(result, out, fragment: str):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]

@@ -34,7 +34,6 @@ from .pruning.caches import CACHES
 DEFAULT_METHODS = ("dense", "evit", "tome", "stavit", "tape", "tape-s", "tape-r", "tape-t")
 METRIC_GROUPS = ("timing", "fidelity", "masks", "adherence")
 QUALITY_METRICS = ("fidelity", "masks", "adherence")
-TEXT_TOKENS = 512  # WanPipeline pads prompts to max_sequence_length=512; the profile uses as many
 # Wan2.1 T2V transformers (config.json of the Wan-AI diffusers checkpoints; see shared/tools/probe_skip.py)
 _WAN21_COMMON = dict(
     patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
@@ -289,7 +288,7 @@ MEAN_FIELDS = (
 AGGREGATE_FIELDS = ("method", "pruner", "cache", "reduction", "runs", "speedup", "transformer_speedup") + MEAN_FIELDS
 
 
-def flop_count(masks: list, block_calls: int, tokens: int, transformer) -> tuple[float, float]:
+def flop_count(masks: list, block_calls: int, tokens: int, transformer, text_tokens: int) -> tuple[float, float]:
     """(FLOPs done, FLOPs of the same forwards run dense) per sample, from the kept tokens of each block call.
 
     `masks` lists the pruned block calls (step, call, layer, positions (B, K)); the other `block_calls` computed
@@ -299,7 +298,7 @@ def flop_count(masks: list, block_calls: int, tokens: int, transformer) -> tuple
 
     config = transformer.config
     dims = dict(dim=config.num_attention_heads * config.attention_head_dim, ffn_dim=config.ffn_dim,
-                text_tokens=TEXT_TOKENS)
+                text_tokens=text_tokens)
     dense_block = block_flops(tokens, **dims)
     done = sum(block_flops(tokens, kept=positions.shape[1], **dims) for *_, positions in masks)
     done += (block_calls - len(masks)) * dense_block
@@ -452,7 +451,8 @@ class Bench:
         first = results[0]
         transformer = pipe.transformer
         layers = len(_blocks(transformer))
-        flops, dense_block = flop_count(first.masks, first.block_calls, first.tokens_per_forward, transformer)
+        flops, dense_block = flop_count(first.masks, first.block_calls, first.tokens_per_forward, transformer,
+                                       gen.max_sequence_length)
         record = self._base_record(key, prune, gen.device)
         total = statistics.median(r.total_s for r in results)
         transformer_s = statistics.median(r.transformer_s for r in results)
@@ -493,7 +493,8 @@ class Bench:
         inputs = dict(
             hidden_states=torch.randn(1, transformer.config.in_channels, frames, height, width, device=device,
                                       dtype=dtype),
-            encoder_hidden_states=torch.randn(1, TEXT_TOKENS, transformer.config.text_dim, device=device, dtype=dtype),
+            encoder_hidden_states=torch.randn(1, gen.max_sequence_length, transformer.config.text_dim, device=device,
+                                              dtype=dtype),
             return_dict=False,
         )
         decode_s = time_vae_decode(inputs["hidden_states"], spec) if spec.e2e else None
@@ -539,7 +540,7 @@ class Bench:
             tokens = controller.grid.num_tokens
         layers = len(transformer.blocks)
         block_calls = log.total // tokens
-        flops, dense_block = flop_count(log.masks, block_calls, tokens, transformer)
+        flops, dense_block = flop_count(log.masks, block_calls, tokens, transformer, gen.max_sequence_length)
         per_forward = statistics.median(t for run in runs for t in run)
         total = statistics.median(sum(run) for run in runs)
         record = self._base_record(key, prune, gen.device)

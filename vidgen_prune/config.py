@@ -85,6 +85,8 @@ class GenerateConfig:
     height: int = 128  # divisible by 16
     width: int = 128
     guidance: float = 5.0
+    # text positions per prompt (zero-padded): 512 for real Wan checkpoints, what the model was trained with
+    max_sequence_length: int = 512
     seed: int = 0
     fps: int = 8
     device: str = "cpu"
@@ -104,6 +106,8 @@ class GenerateConfig:
                 raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
         if self.fps < 1:
             raise ValueError(f"--fps must be at least 1, got {self.fps}")
+        if self.max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be at least 1, got {self.max_sequence_length}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device.startswith("cuda") and not _cuda_available():

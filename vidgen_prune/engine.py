@@ -164,6 +164,7 @@ def generate(
                 width=gen.width,
                 num_inference_steps=gen.steps,
                 guidance_scale=gen.guidance,
+                max_sequence_length=gen.max_sequence_length,
                 generator=torch.Generator(device="cpu").manual_seed(gen.seed),
                 output_type="np" if decode else "latent",
                 callback_on_step_end=step_callback,

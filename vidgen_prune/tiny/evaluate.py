@@ -42,6 +42,7 @@ def generate_frames(pipe, prompt: str, seed: int, **overrides) -> np.ndarray:
         width=settings["width"],
         num_inference_steps=settings["steps"],
         guidance_scale=settings["guidance"],
+        max_sequence_length=settings["max_sequence_length"],
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
     )

@@ -13,7 +13,8 @@ Stages:
      x0 = x_t - s v. Captions are replaced by the empty string with probability ``--text-dropout`` for
      classifier-free guidance. The UMT5 text encoder stays at its seeded random initialisation (frozen);
      prompt embeddings are computed once through ``WanPipeline.encode_prompt`` so training sees exactly what
-     generation sees (512 positions, zero-padded). Weights are an EMA of the transformer.
+     generation sees (``--text-length`` positions, zero-padded: the preset's ``max_sequence_length``). Weights
+     are an EMA of the transformer; the whole pipeline is saved with it every ``--save-every`` steps.
 
 Writes a full pipeline folder (``model_index.json`` + safetensors) to ``--out`` plus ``train_log.csv`` (one
 row per logged step and stage) and ``train_summary.json`` (config, wall times, final losses).
@@ -39,8 +40,6 @@ from vidgen_prune.tiny import GENERATION_DEFAULTS
 from vidgen_prune.tiny.pipeline import TinyConfig, build_pipeline
 from vidgen_prune.tiny.prompts import training_specs
 from vidgen_prune.tiny.synthetic import background_image, render_batch, sample_specs, to_model_range
-
-TEXT_LENGTH = 512  # WanPipeline's default max_sequence_length: train on the same zero-padded length
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,11 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
     normalised = (latents - mean) / std  # (N, z, F', H', W')
-    ema_transformer, transformer_loss = train_transformer(pipe, specs, normalised, rng, args, log)
-    pipe.register_modules(transformer=ema_transformer)
+    transformer_loss = train_transformer(pipe, specs, normalised, rng, args, log)
     wall["transformer_s"] = time.perf_counter() - start
 
-    pipe.save_pretrained(out, safe_serialization=True)
     summary = {
         "args": vars(args),
         "config": config.to_dict(),
@@ -162,16 +159,18 @@ def encode_training_set(vae, rng: np.random.Generator, args: argparse.Namespace)
 
 # ------------------------------------------------------------------------------------------- stage 3: transformer
 
-def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generator, args, log: _CsvLog):
-    """Returns the EMA transformer and the mean flow-matching loss over the last 100 steps."""
+def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generator, args, log: _CsvLog) -> float:
+    """Leaves the EMA transformer in ``pipe`` (saved to ``args.out``); returns the mean loss of the last 100 steps."""
     captions = sorted({spec.caption for spec in specs})
+    encode = dict(do_classifier_free_guidance=False, max_sequence_length=args.text_length)
     with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
-        empty, _ = pipe.encode_prompt([""], do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
-    # embeds: (C, 512, text_dim); empty: (1, 512, text_dim), all zeros: the empty caption has no tokens
+        embeds, _ = pipe.encode_prompt(captions, **encode)
+        empty, _ = pipe.encode_prompt([""], **encode)
+    # embeds: (C, L, text_dim); empty: (1, L, text_dim), all zeros: the empty caption has no tokens
     caption_index = torch.tensor([captions.index(spec.caption) for spec in specs])  # (N,)
     transformer = pipe.transformer.train()
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    pipe.register_modules(transformer=ema)  # what gets saved (and generates) is the EMA
     optimiser = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed)
     recent: list[float] = []
@@ -210,7 +209,10 @@ def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generat
             if step % 10 == 0 or step == args.steps - 1:
                 log.write(_log_row("transformer", step, float(np.mean(recent)), lr, start))
             progress.update(task, advance=1, description=f"stage 3: transformer loss {np.mean(recent):.4f}")
-    return ema, float(np.mean(recent))
+            if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+                # a usable pipeline on disk all along: a long run stopped early still leaves its latest EMA
+                pipe.save_pretrained(args.out, safe_serialization=True)
+    return float(np.mean(recent))
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -263,6 +265,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--text-dropout", type=float, default=0.1)
+    parser.add_argument("--text-length", type=int, default=GENERATION_DEFAULTS["max_sequence_length"],
+                        help="text positions per prompt (zero-padded), as generation passes them")
+    parser.add_argument("--save-every", type=int, default=250, help="save the pipeline every N transformer steps")
     return parser.parse_args(argv)
 
 
