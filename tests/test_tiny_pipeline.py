@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
 from vidgen_prune.tiny import EMBEDDED_MODEL_DIR, GENERATION_DEFAULTS
-from vidgen_prune.tiny.evaluate import generate_frames
+from vidgen_prune.tiny.evaluate import generate_frames, round_trip_frames
 from vidgen_prune.tiny.pipeline import TinyConfig, build_pipeline
 
 SMALL = {"frames": 5, "height": 32, "width": 32, "steps": 2}  # enough to exercise every module quickly
@@ -73,6 +73,12 @@ def test_test_preset_builds_small_and_round_trips_through_save_pretrained(tmp_pa
     reloaded.set_progress_bar_config(disable=True)
     again = generate_frames(reloaded, "a blue square growing on a striped background", seed=0, **SMALL)
     assert np.array_equal(frames, again)
+
+
+def test_vae_round_trip_returns_the_rendered_clip_through_the_vae(embedded):
+    frames = round_trip_frames(embedded, "a white square moving right on a black background", seed=0, **SMALL)
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.std() > 5.0  # an object on a background, not a flat frame
 
 
 def test_build_pipeline_is_seeded():
