@@ -16,6 +16,9 @@ Stages:
      generation sees (``--text-length`` positions, zero-padded: the preset's ``max_sequence_length``). Weights
      are an EMA of the transformer; the whole pipeline is saved with it every ``--save-every`` steps.
 
+``--init-from DIR --vae-steps 0`` continues stage 3 from a trained pipeline (its VAE and latent statistics kept),
+on freshly rendered videos.
+
 Writes a full pipeline folder (``model_index.json`` + safetensors) to ``--out`` plus ``train_log.csv`` (one
 row per logged step and stage) and ``train_summary.json`` (config, wall times, final losses).
 Only training captions are used (``prompts.training_specs``); held-out prompts are never rendered here.
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import WanPipeline
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vidgen_prune.tiny import GENERATION_DEFAULTS
@@ -49,21 +53,27 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    config = TinyConfig()
-    pipe = build_pipeline(config, seed=args.seed).to(args.device)
+    if args.init_from:  # continue from a trained pipeline (its text encoder, VAE and transformer)
+        pipe = WanPipeline.from_pretrained(args.init_from).to(args.device)
+        vae = pipe.vae.config
+        config = replace(TinyConfig(), latents_mean=tuple(vae.latents_mean), latents_std=tuple(vae.latents_std))
+    else:
+        config = TinyConfig()
+        pipe = build_pipeline(config, seed=args.seed).to(args.device)
     log = _CsvLog(out / "train_log.csv")
     wall: dict[str, float] = {}
 
     start = time.perf_counter()
-    vae_loss = train_vae(pipe.vae, rng, args, log)
+    vae_loss = train_vae(pipe.vae, rng, args, log) if args.vae_steps else None
     wall["vae_s"] = time.perf_counter() - start
     pipe.vae.save_pretrained(out / "vae")  # inspectable while stage 3 runs; rewritten with latent statistics below
 
     start = time.perf_counter()
     specs, latents = encode_training_set(pipe.vae, rng, args)  # latents: (N, z, F', H', W')
-    flat = latents.transpose(0, 1).reshape(config.vae_z_dim, -1)  # (z, N*F'*H'*W')
-    config = replace(config, latents_mean=tuple(flat.mean(1).tolist()), latents_std=tuple(flat.std(1).tolist()))
-    pipe.vae.register_to_config(latents_mean=list(config.latents_mean), latents_std=list(config.latents_std))
+    if args.vae_steps:  # a VAE trained here gets its latent statistics; a VAE kept as it was keeps its own
+        flat = latents.transpose(0, 1).reshape(config.vae_z_dim, -1)  # (z, N*F'*H'*W')
+        config = replace(config, latents_mean=tuple(flat.mean(1).tolist()), latents_std=tuple(flat.std(1).tolist()))
+        pipe.vae.register_to_config(latents_mean=list(config.latents_mean), latents_std=list(config.latents_std))
     wall["encode_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -253,6 +263,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
+    parser.add_argument("--init-from", default=None,
+                        help="trained pipeline folder to continue from (with --vae-steps 0 its VAE is kept as is)")
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=4)
     parser.add_argument("--vae-crop", type=int, default=48, help="square crop side of VAE training clips")
