@@ -107,9 +107,7 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
         task = progress.add_task("stage 1: VAE", total=args.vae_steps)
         start = time.perf_counter()
         for step in range(args.vae_steps):
-            lr = _cosine_lr(args.vae_lr, step, args.vae_steps, warmup=20)
-            for group in optimiser.param_groups:
-                group["lr"] = lr
+            lr = _set_cosine_lr(optimiser, args.vae_lr, step, args.vae_steps, warmup=20)
             batch_specs = sample_specs(rng, specs, args.vae_batch)
             videos = render_batch(batch_specs, int(rng.integers(2**31)), frames, size, size)  # (B, 9, H, W, 3)
             top, left = rng.integers(0, size - args.vae_crop + 1, size=2)
@@ -188,12 +186,10 @@ def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generat
         task = progress.add_task("stage 3: transformer", total=args.steps)
         start = time.perf_counter()
         for step in range(args.steps):
-            lr = _cosine_lr(args.lr, step, args.steps, warmup=100)
-            for group in optimiser.param_groups:
-                group["lr"] = lr
+            lr = _set_cosine_lr(optimiser, args.lr, step, args.steps, warmup=100)
             pick = torch.from_numpy(rng.integers(0, len(specs), size=args.batch))  # (B,)
             x0 = latents[pick].to(args.device)  # (B, z, F', h, w)
-            text = embeds[caption_index[pick].to(embeds.device)].clone()  # (B, 512, text_dim)
+            text = embeds[caption_index[pick].to(embeds.device)].clone()  # (B, L, text_dim)
             # every random draw on the CPU generator: the same seed trains the same model on any device
             dropped = (torch.rand(args.batch, generator=generator) < args.text_dropout).to(text.device)  # (B,)
             text[dropped] = empty[0]
@@ -240,11 +236,16 @@ class _CsvLog:
         self._handle.flush()
 
 
-def _cosine_lr(peak: float, step: int, total: int, warmup: int) -> float:
+def _set_cosine_lr(optimiser: torch.optim.Optimizer, peak: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then a cosine decay to 10 % of the peak; sets and returns the step's learning rate."""
     if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))  # decays to 10 % of the peak
+        lr = peak * (step + 1) / warmup
+    else:
+        progress = (step - warmup) / max(1, total - warmup)
+        lr = peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def _log_row(stage: str, step: int, loss: float, lr: float, start: float) -> dict:
