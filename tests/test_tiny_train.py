@@ -31,3 +31,4 @@ def test_training_writes_a_pipeline_and_continues_from_it(tmp_path):
     before, after = transformer_weights(first), transformer_weights(second)
     assert before.keys() == after.keys()
     assert any(not before[name].equal(after[name]) for name in before)  # stage 3 went on training
+    assert "_name_or_path" not in (second / "model_index.json").read_text()  # no trace of the folder read from

@@ -53,13 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    if args.init_from:  # continue from a trained pipeline (its text encoder, VAE and transformer)
-        pipe = WanPipeline.from_pretrained(args.init_from).to(args.device)
-        vae = pipe.vae.config
-        config = replace(TinyConfig(), latents_mean=tuple(vae.latents_mean), latents_std=tuple(vae.latents_std))
-    else:
-        config = TinyConfig()
-        pipe = build_pipeline(config, seed=args.seed).to(args.device)
+    config = TinyConfig()
+    if args.init_from:  # continue from a trained pipeline: its text encoder, VAE (with statistics) and transformer
+        trained = WanPipeline.from_pretrained(args.init_from)
+        stats = trained.vae.config
+        config = replace(config, latents_mean=tuple(stats.latents_mean), latents_std=tuple(stats.latents_std))
+    pipe = build_pipeline(config, seed=args.seed)
+    if args.init_from:  # weights into fresh modules, so the saved configs do not record the folder read from
+        for name in ("text_encoder", "vae", "transformer"):
+            getattr(pipe, name).load_state_dict(getattr(trained, name).state_dict())
+    pipe.to(args.device)
     log = _CsvLog(out / "train_log.csv")
     wall: dict[str, float] = {}
 
