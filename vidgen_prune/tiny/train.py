@@ -53,15 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    config = TinyConfig()
-    if args.init_from:  # continue from a trained pipeline: its text encoder, VAE (with statistics) and transformer
-        trained = WanPipeline.from_pretrained(args.init_from)
-        stats = trained.vae.config
-        config = replace(config, latents_mean=tuple(stats.latents_mean), latents_std=tuple(stats.latents_std))
-    pipe = build_pipeline(config, seed=args.seed)
-    if args.init_from:  # weights into fresh modules, so the saved configs do not record the folder read from
-        for name in ("text_encoder", "vae", "transformer"):
-            getattr(pipe, name).load_state_dict(getattr(trained, name).state_dict())
+    config, pipe = _initial_pipeline(args)
     pipe.to(args.device)
     log = _CsvLog(out / "train_log.csv")
     wall: dict[str, float] = {}
@@ -95,6 +87,21 @@ def main(argv: list[str] | None = None) -> None:
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"wall_s": wall, "final_loss": summary["final_loss"]}, indent=2))
+
+
+def _initial_pipeline(args: argparse.Namespace) -> tuple[TinyConfig, WanPipeline]:
+    """A seeded random pipeline, or with ``--init-from`` a trained one's text encoder, VAE (with its latent
+    statistics) and transformer, loaded into fresh modules so the saved configs do not record the folder read from."""
+    if not args.init_from:
+        config = TinyConfig()
+        return config, build_pipeline(config, seed=args.seed)
+    trained = WanPipeline.from_pretrained(args.init_from)
+    stats = trained.vae.config
+    config = replace(TinyConfig(), latents_mean=tuple(stats.latents_mean), latents_std=tuple(stats.latents_std))
+    pipe = build_pipeline(config, seed=args.seed)
+    for name in ("text_encoder", "vae", "transformer"):
+        getattr(pipe, name).load_state_dict(getattr(trained, name).state_dict())
+    return config, pipe
 
 
 # --------------------------------------------------------------------------------------------------- stage 1: VAE
