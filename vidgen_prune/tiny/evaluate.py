@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidgen_prune.config import GenerateConfig, PruneConfig
+from vidgen_prune.engine import generate
 from vidgen_prune.tiny import EMBEDDED_MODEL_DIR, GENERATION_DEFAULTS
 from vidgen_prune.tiny.checker import detect, score_video
 from vidgen_prune.tiny.prompts import HELD_OUT_PROMPTS, parse_caption
@@ -37,20 +39,9 @@ def load_embedded_pipeline(model_dir: Path = EMBEDDED_MODEL_DIR):
 
 
 def generate_frames(pipe, prompt: str, seed: int, **overrides) -> np.ndarray:
-    """One dense generation as uint8 (F, H, W, 3); ``overrides`` replace keys of GENERATION_DEFAULTS."""
-    settings = {**GENERATION_DEFAULTS, **overrides}
-    output = pipe(
-        prompt,
-        num_frames=settings["frames"],
-        height=settings["height"],
-        width=settings["width"],
-        num_inference_steps=settings["steps"],
-        guidance_scale=settings["guidance"],
-        max_sequence_length=settings["max_sequence_length"],
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    )
-    return np.rint(output.frames[0] * 255.0).clip(0, 255).astype(np.uint8)  # (F, H, W, 3)
+    """One dense generation through the engine as uint8 (F, H, W, 3); ``overrides`` replace GENERATION_DEFAULTS keys."""
+    gen = GenerateConfig(prompt=prompt, seed=seed, **{**GENERATION_DEFAULTS, **overrides})
+    return generate(pipe, gen, PruneConfig()).frames
 
 
 @torch.no_grad()
@@ -82,16 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N held-out prompts")
     parser.add_argument("--steps", type=int, default=GENERATION_DEFAULTS["steps"])
     parser.add_argument("--guidance", type=float, default=GENERATION_DEFAULTS["guidance"])
+    parser.add_argument("--size", type=int, default=GENERATION_DEFAULTS["height"], help="frame side in pixels")
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
     parser.add_argument("--vae-round-trip", action="store_true", help="score rendered videos through the VAE only")
     args = parser.parse_args(argv)
     pipe = load_embedded_pipeline(args.model)
     frames_of = round_trip_frames if args.vae_round_trip else generate_frames
-    result = evaluate(pipe, HELD_OUT_PROMPTS[: args.limit], frames_of, steps=args.steps, guidance=args.guidance)
+    result = evaluate(pipe, HELD_OUT_PROMPTS[: args.limit], frames_of, steps=args.steps, guidance=args.guidance,
+                      height=args.size, width=args.size)
     for row in result["rows"]:
         marks = " ".join(f"{name}={'ok' if row[name] else 'NO'}" for name in ATTRIBUTES)
         print(f"{row['prompt']:<55} {marks}  seen={row['seen']}")
-    print(f"held-out prompts: {result['prompts']}  steps={args.steps} guidance={args.guidance}")
+    print(f"held-out prompts: {result['prompts']}  steps={args.steps} guidance={args.guidance} size={args.size}")
     for name in ATTRIBUTES:
         print(f"  {name:<10} {100.0 * result['accuracy'][name]:5.1f} %")
     if args.json is not None:

@@ -6,18 +6,22 @@ Stages:
   1. VAE: reconstruction (L1 + MSE of the decoded posterior mean, object pixels weighted x10) plus a small KL
      term, on random 48x48 crops of 9-frame clips: the first frame alone, then two chunks of 4 through the
      causal cache, as in decoding (trained on 5 frames only, chunks after the second came out garbled).
-  2. Cache: encode ``--videos`` full-size training videos (posterior means), measure per-channel latent
-     mean/std and write them into the VAE config (the pipeline de-normalises with them before decoding).
+  2. Cache: encode ``--videos`` training videos of ``--size`` pixels square (posterior means), measure
+     per-channel latent mean/std and write them into the VAE config (the pipeline de-normalises with them
+     before decoding), and note which latent cells the object touches.
   3. Transformer: rectified flow in diffusers' Wan convention: x_t = (1 - s) x0 + s noise, the model predicts
      the velocity noise - x0 at timestep s * 1000, which UniPC's ``flow_prediction`` turns back into
      x0 = x_t - s v. Captions are replaced by the empty string with probability ``--text-dropout`` for
      classifier-free guidance. The UMT5 text encoder stays at its seeded random initialisation (frozen);
      prompt embeddings are computed once through ``WanPipeline.encode_prompt`` so training sees exactly what
-     generation sees (``--text-length`` positions, zero-padded: the preset's ``max_sequence_length``). Weights
-     are an EMA of the transformer; the whole pipeline is saved with it every ``--save-every`` steps.
+     generation sees (``--text-length`` positions, zero-padded: the preset's ``max_sequence_length``). Latent
+     cells on the object weigh ``--object-weight`` times as much in the loss. Weights are an EMA of the
+     transformer; the whole pipeline is saved with it every ``--save-every`` steps.
 
 ``--init-from DIR --vae-steps 0`` continues stage 3 from a trained pipeline (its VAE and latent statistics kept),
-on freshly rendered videos.
+on freshly rendered videos; add ``--fresh-transformer`` to keep only its text encoder and VAE. Wan's rotary
+positions are relative, so the transformer can learn at a small ``--size`` (64: 320 tokens per video, about
+seven times cheaper a step than 128) and then be continued at the full size; the README has the recipe.
 
 Writes a full pipeline folder (``model_index.json`` + safetensors) to ``--out`` plus ``train_log.csv`` (one
 row per logged step and stage) and ``train_summary.json`` (config, wall times, final losses).
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.vae.save_pretrained(out / "vae")  # inspectable while stage 3 runs; rewritten with latent statistics below
 
     start = time.perf_counter()
-    specs, latents = encode_training_set(pipe.vae, rng, args)  # latents: (N, z, F', H', W')
+    specs, latents, on_object = encode_training_set(pipe.vae, config, rng, args)  # (N, z, F', H', W'), (N, F', H', W')
     if args.vae_steps:  # a VAE trained here gets its latent statistics; a VAE kept as it was keeps its own
         flat = latents.transpose(0, 1).reshape(config.vae_z_dim, -1)  # (z, N*F'*H'*W')
         config = replace(config, latents_mean=tuple(flat.mean(1).tolist()), latents_std=tuple(flat.std(1).tolist()))
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
     normalised = (latents - mean) / std  # (N, z, F', H', W')
-    transformer_loss = train_transformer(pipe, specs, normalised, rng, args, log)
+    transformer_loss = train_transformer(pipe, specs, normalised, on_object, rng, args, log)
     wall["transformer_s"] = time.perf_counter() - start
 
     summary = {
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _initial_pipeline(args: argparse.Namespace) -> tuple[TinyConfig, WanPipeline]:
     """A seeded random pipeline, or with ``--init-from`` a trained one's text encoder, VAE (with its latent
-    statistics) and transformer, loaded into fresh modules so the saved configs do not record the folder read from."""
+    statistics) and, unless ``--fresh-transformer``, transformer, loaded into fresh modules so the saved configs
+    do not record the folder read from."""
     if not args.init_from:
         config = TinyConfig()
         return config, build_pipeline(config, seed=args.seed)
@@ -99,7 +104,8 @@ def _initial_pipeline(args: argparse.Namespace) -> tuple[TinyConfig, WanPipeline
     stats = trained.vae.config
     config = replace(TinyConfig(), latents_mean=tuple(stats.latents_mean), latents_std=tuple(stats.latents_std))
     pipe = build_pipeline(config, seed=args.seed)
-    for name in ("text_encoder", "vae", "transformer"):
+    kept = ("text_encoder", "vae") if args.fresh_transformer else ("text_encoder", "vae", "transformer")
+    for name in kept:
         getattr(pipe, name).load_state_dict(getattr(trained, name).state_dict())
     return config, pipe
 
@@ -123,7 +129,8 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
             top, left = rng.integers(0, size - args.vae_crop + 1, size=2)
             crop = videos[:, :, top : top + args.vae_crop, left : left + args.vae_crop]  # (B, 9, c, c, 3)
             clip = torch.from_numpy(to_model_range(crop)).to(args.device)  # (B, 3, 9, c, c)
-            weight = _object_weight(crop, batch_specs, args.vae_object_weight).to(args.device)  # (B, 1, 9, c, c)
+            on_object = torch.from_numpy(_on_object(crop, batch_specs)).float()[:, None]  # (B, 1, 9, c, c)
+            weight = (1.0 + (args.vae_object_weight - 1.0) * on_object).to(args.device)
             posterior = vae.encode(clip).latent_dist
             # decode the posterior mean: with sampling, the unit initial variance drowns the small initial means
             # and reconstruction stalled (MSE 0.10 after 250 steps); the transformer only ever sees means anyway
@@ -144,41 +151,58 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
     return float(np.mean(recent))
 
 
-def _object_weight(videos: np.ndarray, specs, object_weight: float) -> torch.Tensor:
-    """Loss weight per pixel: ``object_weight`` on the object, 1 on the background; (B, 1, F, H, W).
+def _on_object(videos: np.ndarray, specs) -> np.ndarray:
+    """Which pixels of rendered ``videos`` (B, F, H, W, 3) show the object rather than the background; (B, F, H, W).
 
-    The object covers ~5 % of a frame; unweighted, the VAE learned the background first and returned objects
-    faint and off-colour (red came back purple), which is exactly what prompt adherence is judged on.
+    Both losses weight these pixels up: the object covers ~5 % of a frame; unweighted, the VAE learned the
+    background first and returned objects faint and off-colour (red came back purple), which is exactly what
+    prompt adherence is judged on.
     """
     height, width = videos.shape[2:4]
     backgrounds = np.stack([background_image(spec.background, height, width) for spec in specs])  # (B, H, W, 3)
-    on_object = np.abs(videos - backgrounds[:, None]).max(axis=-1) > 8  # (B, F, H, W)
-    return torch.from_numpy(1.0 + (object_weight - 1.0) * on_object.astype(np.float32))[:, None]
+    return np.abs(videos - backgrounds[:, None]).max(axis=-1) > 8
 
 
 @torch.no_grad()
-def encode_training_set(vae, rng: np.random.Generator, args: argparse.Namespace):
-    """Render ``args.videos`` training videos (every spec in turn, fresh random geometry) and encode them."""
+def encode_training_set(vae, config: TinyConfig, rng: np.random.Generator, args: argparse.Namespace):
+    """Render ``args.videos`` training videos (every spec in turn, fresh random geometry) at ``args.size`` and
+    encode them; also returns which latent cells the object touches, (N, F', H', W') bool."""
     all_specs = training_specs()
     order = rng.permutation(args.videos) % len(all_specs)
     specs = [all_specs[i] for i in order]
-    frames, size = GENERATION_DEFAULTS["frames"], GENERATION_DEFAULTS["height"]
-    chunks = []
+    frames = GENERATION_DEFAULTS["frames"]
+    latents, masks = [], []
     with _progress() as progress:
         task = progress.add_task("stage 2: encode latents", total=len(specs))
         for begin in range(0, len(specs), 8):
             batch = specs[begin : begin + 8]
-            videos = render_batch(batch, int(rng.integers(2**31)), frames, size, size)
+            videos = render_batch(batch, int(rng.integers(2**31)), frames, args.size, args.size)
             clip = torch.from_numpy(to_model_range(videos)).to(args.device)  # (B, 3, F, H, W)
-            chunks.append(vae.encode(clip).latent_dist.mode().cpu())  # (B, z, F', H/4, W/4)
+            latents.append(vae.encode(clip).latent_dist.mode().cpu())  # (B, z, F', H/4, W/4)
+            masks.append(_latent_object_mask(torch.from_numpy(_on_object(videos, batch)), config))
             progress.update(task, advance=len(batch))
-    return specs, torch.cat(chunks)
+    return specs, torch.cat(latents), torch.cat(masks)
 
+
+def _latent_object_mask(on_object: torch.Tensor, config: TinyConfig) -> torch.Tensor:
+    """Pixel mask (B, F, H, W) -> latent-cell mask (B, F', H', W'): a cell is on the object if any pixel it
+    encodes is. As in the causal VAE, latent frame 0 holds frame 0 alone and each later one the next
+    ``temporal_factor`` frames."""
+    t, s = config.temporal_factor, config.spatial_factor
+    batch, frames, height, width = on_object.shape
+    first = on_object[:, :1]  # (B, 1, H, W)
+    rest = on_object[:, 1:].reshape(batch, (frames - 1) // t, t, height, width).any(dim=2)  # (B, F'-1, H, W)
+    per_frame = torch.cat([first, rest], dim=1)  # (B, F', H, W)
+    return per_frame.reshape(batch, -1, height // s, s, width // s, s).any(dim=5).any(dim=3)
 
 # ------------------------------------------------------------------------------------------- stage 3: transformer
 
-def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generator, args, log: _CsvLog) -> float:
-    """Leaves the EMA transformer in ``pipe`` (saved to ``args.out``); returns the mean loss of the last 100 steps."""
+def train_transformer(pipe, specs, latents: torch.Tensor, on_object: torch.Tensor, rng: np.random.Generator, args,
+                      log: _CsvLog) -> float:
+    """Leaves the EMA transformer in ``pipe`` (saved to ``args.out``); returns the mean loss of the last 100 steps.
+
+    The squared error of latent cells on the object weighs ``args.object_weight`` times a background cell's
+    (normalised per batch): the object is ~5 % of the cells but everything the caption says about it."""
     captions = sorted({spec.caption for spec in specs})
     encode = dict(do_classifier_free_guidance=False, max_sequence_length=args.text_length)
     with torch.no_grad():
@@ -211,7 +235,8 @@ def train_transformer(pipe, specs, latents: torch.Tensor, rng: np.random.Generat
             s = sigma.view(-1, 1, 1, 1, 1)
             noisy = (1.0 - s) * x0 + s * noise  # (B, z, F', h, w)
             velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
-            loss = torch.nn.functional.mse_loss(velocity, noise - x0)
+            weight = 1.0 + (args.object_weight - 1.0) * on_object[pick].unsqueeze(1).float().to(args.device)
+            loss = ((velocity - (noise - x0)).pow(2) * weight).mean() / weight.mean()  # weight: (B, 1, F', h, w)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -276,17 +301,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     parser.add_argument("--init-from", default=None,
                         help="trained pipeline folder to continue from (with --vae-steps 0 its VAE is kept as is)")
+    parser.add_argument("--fresh-transformer", action="store_true",
+                        help="with --init-from: keep its text encoder and VAE, start the transformer from the seed")
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=4)
     parser.add_argument("--vae-crop", type=int, default=48, help="square crop side of VAE training clips")
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--vae-object-weight", type=float, default=10.0, help="loss weight of object pixels")
     parser.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
+    parser.add_argument("--size", type=int, default=GENERATION_DEFAULTS["height"],
+                        help="side of the square training videos the transformer learns from")
     parser.add_argument("--videos", type=int, default=400, help="full-size training videos to encode and cache")
     parser.add_argument("--steps", type=int, default=320, help="transformer optimiser steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--object-weight", type=float, default=1.0, help="loss weight of latent cells on the object")
     parser.add_argument("--text-dropout", type=float, default=0.1)
     parser.add_argument("--text-length", type=int, default=GENERATION_DEFAULTS["max_sequence_length"],
                         help="text positions per prompt (zero-padded), as generation passes them")
