@@ -3,6 +3,7 @@
 import csv
 import json
 
+import pytest
 import torch
 from diffusers import WanPipeline
 from safetensors.torch import load_file
@@ -64,3 +65,11 @@ def test_latent_object_mask_follows_the_object_through_the_causal_frame_grouping
     assert mask[0, 1].equal(on_object[0, 1:5].any(0).reshape(16, 4, 16, 4).any(3).any(1))
     columns = [frame.nonzero()[:, 1].float().mean().item() for frame in mask[0]]
     assert columns == sorted(columns) and columns[-1] > columns[0] + 3  # moving right
+
+
+def test_a_training_size_the_model_cannot_patch_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--out", str(tmp_path / "out"), "--size", "72"])
+    assert exit_info.value.code == 2
+    assert "--size must be a positive multiple of 16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -129,8 +129,7 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
             top, left = rng.integers(0, size - args.vae_crop + 1, size=2)
             crop = videos[:, :, top : top + args.vae_crop, left : left + args.vae_crop]  # (B, 9, c, c, 3)
             clip = torch.from_numpy(to_model_range(crop)).to(args.device)  # (B, 3, 9, c, c)
-            on_object = torch.from_numpy(_on_object(crop, batch_specs)).float()[:, None]  # (B, 1, 9, c, c)
-            weight = (1.0 + (args.vae_object_weight - 1.0) * on_object).to(args.device)
+            on_object = torch.from_numpy(_on_object(crop, batch_specs))[:, None].to(args.device)  # (B, 1, 9, c, c)
             posterior = vae.encode(clip).latent_dist
             # decode the posterior mean: with sampling, the unit initial variance drowns the small initial means
             # and reconstruction stalled (MSE 0.10 after 250 steps); the transformer only ever sees means anyway
@@ -139,7 +138,8 @@ def train_vae(vae, rng: np.random.Generator, args: argparse.Namespace, log: _Csv
             kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
             # L1 keeps pulling on the small errors MSE stops caring about: sharper edges, truer flat colours
             error = reconstruction - clip  # (B, 3, 9, c, c)
-            loss = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean() + args.vae_kl * kl
+            reconstruction_loss = _object_weighted_mean(error.abs() + error.pow(2), on_object, args.vae_object_weight)
+            loss = reconstruction_loss + args.vae_kl * kl
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -161,6 +161,13 @@ def _on_object(videos: np.ndarray, specs) -> np.ndarray:
     height, width = videos.shape[2:4]
     backgrounds = np.stack([background_image(spec.background, height, width) for spec in specs])  # (B, H, W, 3)
     return np.abs(videos - backgrounds[:, None]).max(axis=-1) > 8
+
+
+def _object_weighted_mean(values: torch.Tensor, on_object: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Mean of ``values`` with the elements on the object (bool, broadcastable) weighted ``object_weight`` times
+    a background element, normalised by the mean weight so the loss keeps its scale at any weight."""
+    weight = 1.0 + (object_weight - 1.0) * on_object.float()
+    return (values * weight).mean() / weight.mean()
 
 
 @torch.no_grad()
@@ -194,6 +201,7 @@ def _latent_object_mask(on_object: torch.Tensor, config: TinyConfig) -> torch.Te
     rest = on_object[:, 1:].reshape(batch, (frames - 1) // t, t, height, width).any(dim=2)  # (B, F'-1, H, W)
     per_frame = torch.cat([first, rest], dim=1)  # (B, F', H, W)
     return per_frame.reshape(batch, -1, height // s, s, width // s, s).any(dim=5).any(dim=3)
+
 
 # ------------------------------------------------------------------------------------------- stage 3: transformer
 
@@ -235,8 +243,8 @@ def train_transformer(pipe, specs, latents: torch.Tensor, on_object: torch.Tenso
             s = sigma.view(-1, 1, 1, 1, 1)
             noisy = (1.0 - s) * x0 + s * noise  # (B, z, F', h, w)
             velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
-            weight = 1.0 + (args.object_weight - 1.0) * on_object[pick].unsqueeze(1).float().to(args.device)
-            loss = ((velocity - (noise - x0)).pow(2) * weight).mean() / weight.mean()  # weight: (B, 1, F', h, w)
+            cells = on_object[pick].unsqueeze(1).to(args.device)  # (B, 1, F', h, w)
+            loss = _object_weighted_mean((velocity - (noise - x0)).pow(2), cells, args.object_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -311,7 +319,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
     parser.add_argument("--size", type=int, default=GENERATION_DEFAULTS["height"],
                         help="side of the square training videos the transformer learns from")
-    parser.add_argument("--videos", type=int, default=400, help="full-size training videos to encode and cache")
+    parser.add_argument("--videos", type=int, default=400, help="training videos to encode and cache")
     parser.add_argument("--steps", type=int, default=320, help="transformer optimiser steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -321,7 +329,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-length", type=int, default=GENERATION_DEFAULTS["max_sequence_length"],
                         help="text positions per prompt (zero-padded), as generation passes them")
     parser.add_argument("--save-every", type=int, default=250, help="save the pipeline every N transformer steps")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size < 16 or args.size % 16:  # the VAE halves twice and the transformer patches 2x2, as in generate
+        parser.error(f"--size must be a positive multiple of 16, got {args.size}")
+    return args
 
 
 if __name__ == "__main__":
