@@ -84,7 +84,7 @@ def test_checker_reads_rendered_training_videos():
     specs = training_specs()
     picked = [specs[i] for i in rng.choice(len(specs), size=60, replace=False)]
     scores = [score_video(render_video(spec, rng, 17, 128, 128), spec.caption) for spec in picked]
-    for attribute in ("colour", "shape", "motion", "background"):
+    for attribute in ("colour", "shape", "motion", "background", "count"):
         accuracy = np.mean([score[attribute] for score in scores])
         assert accuracy >= 0.95, f"{attribute}: {accuracy:.2f}"
 
@@ -94,7 +94,19 @@ def test_checker_flags_a_mismatched_caption():
     video = render_video(spec, np.random.default_rng(1), 17, 96, 96)
     assert detect(video).motion == "moving up"
     wrong = score_video(video, "a red square moving down on a striped background")
-    assert wrong == {"colour": False, "shape": False, "motion": False, "background": False}
+    assert wrong == {"colour": False, "shape": False, "motion": False, "background": False, "count": True}
+
+
+def test_checker_counts_the_copies_of_a_tiled_scene():
+    """A model trained small and run large can repeat its scene in a 2 x 2 grid: right colour, shape and motion,
+    four objects where the caption names one."""
+    spec = VideoSpec("red", "circle", "moving right", "black")
+    quarter = render_video(spec, np.random.default_rng(2), 17, 64, 64)  # (F, 64, 64, 3)
+    tiled = np.tile(quarter, (1, 2, 2, 1))  # (F, 128, 128, 3)
+    assert detect(quarter).objects == 1
+    scores = score_video(tiled, spec.caption)
+    assert detect(tiled).objects == 4 and not scores["count"]
+    assert scores["colour"] and scores["motion"]
 
 
 def test_checker_finds_nothing_on_an_empty_background():

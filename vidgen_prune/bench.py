@@ -279,6 +279,7 @@ RUN_FIELDS = (
     "tflops", "flop_bound_speedup", "peak_memory_mb",
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou",
     "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
+    "adherence_count",
 )
 MEAN_FIELDS = (
     "kept_fraction", "block_fraction", "cache_compute_fraction", "flop_bound_speedup", "total_s", "transformer_s",

@@ -1,7 +1,8 @@
 """Prompt-adherence checker for the tiny model's world: what do the frames show, and does it match the caption?
 
     spec = parse_caption("a red circle moving left on a gray background")
-    score_video(frames, spec.caption)  # {"colour": True, "shape": True, "motion": False, "background": True}
+    score_video(frames, spec.caption)
+    # {"colour": True, "shape": True, "motion": False, "background": True, "count": True}
 
 Method, on uint8 frames (F, H, W, 3):
   1. background = the world's background (plain colours, stripes, checker) that best matches the frames, by
@@ -9,7 +10,9 @@ Method, on uint8 frames (F, H, W, 3):
      would not do, as a slow object covers its path for most of the clip and a growing one never leaves;
   2. foreground = pixels far from that background; object colour = nearest palette colour to their median;
   3. per frame, the largest connected foreground component gives centroid, area and bounding-box fill
-     (square ~1.0, circle ~0.79, triangle ~0.5);
+     (square ~1.0, circle ~0.79, triangle ~0.5); the objects in a frame are the components at least
+     ``COMPANION_AREA`` of the largest one's area, and the video's count is their median over frames (a caption
+     names one object: a model that tiles its scene draws several copies, each of which may move right);
   4. motion from the smoothed centroid trajectory: growing (area x2.5 or more), bouncing (vertical path much
      longer than the net vertical displacement), else the dominant net displacement (left/right/up/down).
 All distances are fractions of the frame size, so the checker works at any resolution.
@@ -29,6 +32,7 @@ BACKGROUND_DISTANCE = 60.0  # RGB distance above which a pixel is not background
 MIN_OBJECT_FRACTION = 0.002  # smallest component counted as the object, as a fraction of the frame area
 GROWTH_RATIO = 2.5  # rendered growth is about x12 in area; moving objects stay near x1
 MIN_TRAVEL = 0.12  # rendered linear travel is 0.35-0.5 of the frame
+COMPANION_AREA = 0.25  # a component this fraction of the largest one's area counts as another object, not speckle
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Detection:
     shape: str | None
     motion: str | None
     background: str | None
+    objects: int  # object-sized components in the median frame
 
 
 def score_video(frames: np.ndarray, caption: str) -> dict[str, bool]:
@@ -50,6 +55,7 @@ def score_video(frames: np.ndarray, caption: str) -> dict[str, bool]:
         "shape": seen.shape == spec.shape,
         "motion": seen.motion == spec.motion,
         "background": seen.background == spec.background,
+        "count": seen.objects == 1,
     }
 
 
@@ -60,13 +66,15 @@ def detect(frames: np.ndarray) -> Detection:
     background_name, distance = _match_background(video)  # distance: (F, H, W)
     foreground = distance > BACKGROUND_DISTANCE  # (F, H, W)
     if foreground.mean() < MIN_OBJECT_FRACTION:
-        return Detection(None, None, None, background_name)
+        return Detection(None, None, None, background_name, 0)
     colour = _nearest(np.median(video[foreground], axis=0), OBJECT_RGB)
-    tracks = [_largest_component(mask) for mask in foreground]
-    found = [track for track in tracks if track is not None]
-    if len(found) < len(tracks) // 2:
-        return Detection(colour, None, None, background_name)
-    return Detection(colour, _classify_shape(found), _classify_motion(found, frames.shape[1:3]), background_name)
+    per_frame = [_objects(mask) for mask in foreground]  # each: blobs, largest first
+    objects = int(np.rint(np.median([len(blobs) for blobs in per_frame])))
+    found = [blobs[0] for blobs in per_frame if blobs]
+    if len(found) < len(per_frame) // 2:
+        return Detection(colour, None, None, background_name, objects)
+    return Detection(colour, _classify_shape(found), _classify_motion(found, frames.shape[1:3]), background_name,
+                     objects)
 
 
 # ----------------------------------------------------------------------------------------------------- pieces
@@ -80,17 +88,22 @@ class _Blob:
     touches_border: bool
 
 
-def _largest_component(mask: np.ndarray) -> _Blob | None:
+def _objects(mask: np.ndarray) -> list[_Blob]:
+    """The object-sized connected components of one frame's foreground mask, largest first: at least
+    ``MIN_OBJECT_FRACTION`` of the frame and ``COMPANION_AREA`` of the largest component."""
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count < 2:
-        return None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    left, top, width, height, area = stats[best]
-    if area < MIN_OBJECT_FRACTION * mask.size:
-        return None
-    touches = left == 0 or top == 0 or left + width == mask.shape[1] or top + height == mask.shape[0]
-    return _Blob(float(centroids[best][0]), float(centroids[best][1]), float(area), area / (width * height),
-                 bool(touches))
+    areas = stats[1:, cv2.CC_STAT_AREA]  # (count - 1,) without the background label 0
+    if count < 2 or areas.max() < MIN_OBJECT_FRACTION * mask.size:
+        return []
+    blobs = []
+    for label in 1 + np.argsort(-areas, kind="stable"):
+        left, top, width, height, area = stats[label]
+        if area < max(MIN_OBJECT_FRACTION * mask.size, COMPANION_AREA * areas.max()):
+            break
+        touches = left == 0 or top == 0 or left + width == mask.shape[1] or top + height == mask.shape[0]
+        blobs.append(_Blob(float(centroids[label][0]), float(centroids[label][1]), float(area),
+                           area / (width * height), bool(touches)))
+    return blobs
 
 
 def _classify_shape(blobs: list[_Blob]) -> str | None:
