@@ -3,7 +3,6 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
@@ -32,7 +31,7 @@ def test_training_writes_a_pipeline_and_continues_from_it(tmp_path):
     assert json.loads((first / "train_summary.json").read_text())["args"]["text_length"] == 16
 
     train.main(["--out", str(second), "--init-from", str(first), "--vae-steps", "0", "--size", "64",
-                "--object-weight", "4", "--crop-from", "128", *TINY_RUN])
+                "--object-weight", "4", *TINY_RUN])
     continued = WanPipeline.from_pretrained(second)
     assert continued.vae.config.latents_std == pipe.vae.config.latents_std  # the kept VAE keeps its statistics
     before, after = transformer_weights(first), transformer_weights(second)
@@ -73,56 +72,4 @@ def test_a_training_size_the_model_cannot_patch_is_refused_before_any_work(tmp_p
         train.main(["--out", str(tmp_path / "out"), "--size", "72"])
     assert exit_info.value.code == 2
     assert "--size must be a positive multiple of 16" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def latent_set_of(caption, size, seed=0):
-    """A one-video _LatentSet whose latents are the latent-cell object mask itself, so a window's content can be
-    checked against its cells; (1, 1, 5, size/4, size/4)."""
-    spec = parse_caption(caption)
-    video = render_batch([spec], seed=seed, frames=17, height=size, width=size)
-    cells = train._latent_object_mask(torch.from_numpy(train._on_object(video, [spec])), TinyConfig())
-    return train._LatentSet(torch.tensor([0]), cells[:, None].float(), cells)
-
-
-@pytest.mark.parametrize("caption", ["a red circle moving right on a striped background",
-                                     "a blue square growing on a black background",
-                                     "a white triangle bouncing on a checkered background"])
-def test_a_window_of_a_larger_video_always_holds_the_object(caption):
-    videos = latent_set_of(caption, 128)  # 32x32 latent cells
-    rng = np.random.default_rng(0)
-    origins = set()
-    for _ in range(50):
-        latents, cells = videos.window(0, 16, rng)
-        assert latents.shape == (1, 5, 16, 16) and cells.shape == (5, 16, 16)
-        assert cells.any()
-        assert latents[0].bool().equal(cells)  # the latents and the cells come from the same window
-        origins.add(tuple(latents[0].nonzero()[0].tolist()))
-    assert len(origins) > 5  # windows are drawn, not fixed
-
-
-def test_crop_fraction_decides_which_batch_slots_are_windows():
-    whole = latent_set_of("a red circle moving left on a gray background", 64)
-    large = latent_set_of("a green square moving up on a purple background", 128)
-    large = large._replace(caption_index=torch.tensor([1]), latents=large.latents + 10.0)  # tell the sources apart
-    args = train._parse_args(["--out", "unused", "--size", "64", "--crop-from", "128", "--batch", "64",
-                              "--crop-fraction", "0.25"])
-    caption_index, x0, cells = train._draw_batch(whole, large, np.random.default_rng(0), args)
-    assert x0.shape == (64, 1, 5, 16, 16) and cells.shape == (64, 5, 16, 16)
-    from_windows = caption_index == 1
-    assert 8 <= int(from_windows.sum()) <= 24  # about a quarter of 64
-    assert (x0[from_windows] >= 10.0).all() and (x0[~from_windows] <= 1.0).all()
-    assert whole.latents.max() <= 1.0  # drawing a batch leaves the cached latents alone
-    args.crop_fraction = 0.0
-    caption_index, _, _ = train._draw_batch(whole, large, np.random.default_rng(0), args)
-    assert not caption_index.any()
-
-
-@pytest.mark.parametrize("flags", [["--crop-from", "64"], ["--crop-from", "136"], ["--crop-from", "128",
-                                                                                    "--crop-fraction", "1.5"]])
-def test_crop_settings_that_cannot_work_are_refused(tmp_path, capsys, flags):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--out", str(tmp_path / "out"), "--size", "64", *flags])
-    assert exit_info.value.code == 2
-    assert "--crop-" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

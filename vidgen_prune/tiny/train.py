@@ -38,7 +38,6 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,9 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe.vae.save_pretrained(out / "vae")  # inspectable while stage 3 runs; rewritten with latent statistics below
 
     start = time.perf_counter()
-    specs, latents, on_object = encode_training_set(pipe.vae, config, rng, args, args.size)  # (N, z, F', H', W')
-    if args.crop_from:  # larger renders of the same captions, cut into windows of --size during stage 3
-        large = encode_training_set(pipe.vae, config, rng, args, args.crop_from)
+    specs, latents, on_object = encode_training_set(pipe.vae, config, rng, args)  # (N, z, F', H', W'), (N, F', H', W')
     if args.vae_steps:  # a VAE trained here gets its latent statistics; a VAE kept as it was keeps its own
         flat = latents.transpose(0, 1).reshape(config.vae_z_dim, -1)  # (z, N*F'*H'*W')
         config = replace(config, latents_mean=tuple(flat.mean(1).tolist()), latents_std=tuple(flat.std(1).tolist()))
@@ -81,10 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
-    captions = sorted({spec.caption for spec in specs})
-    full = _LatentSet.of(captions, specs, (latents - mean) / std, on_object)
-    windows = _LatentSet.of(captions, large[0], (large[1] - mean) / std, large[2]) if args.crop_from else None
-    transformer_loss = train_transformer(pipe, captions, full, windows, rng, args, log)
+    normalised = (latents - mean) / std  # (N, z, F', H', W')
+    transformer_loss = train_transformer(pipe, specs, normalised, on_object, rng, args, log)
     wall["transformer_s"] = time.perf_counter() - start
 
     summary = {
@@ -176,20 +171,19 @@ def _object_weighted_mean(values: torch.Tensor, on_object: torch.Tensor, object_
 
 
 @torch.no_grad()
-def encode_training_set(vae, config: TinyConfig, rng: np.random.Generator, args: argparse.Namespace, size: int):
-    """Render ``args.videos`` training videos (every spec in turn, fresh random geometry) at ``size`` pixels square
-    and encode them; returns the specs, the latents (N, z, F', H', W') and which latent cells the object touches,
-    (N, F', H', W') bool."""
+def encode_training_set(vae, config: TinyConfig, rng: np.random.Generator, args: argparse.Namespace):
+    """Render ``args.videos`` training videos (every spec in turn, fresh random geometry) at ``args.size`` and
+    encode them; also returns which latent cells the object touches, (N, F', H', W') bool."""
     all_specs = training_specs()
     order = rng.permutation(args.videos) % len(all_specs)
     specs = [all_specs[i] for i in order]
     frames = GENERATION_DEFAULTS["frames"]
     latents, masks = [], []
     with _progress() as progress:
-        task = progress.add_task(f"stage 2: encode latents at {size}x{size}", total=len(specs))
+        task = progress.add_task("stage 2: encode latents", total=len(specs))
         for begin in range(0, len(specs), 8):
             batch = specs[begin : begin + 8]
-            videos = render_batch(batch, int(rng.integers(2**31)), frames, size, size)
+            videos = render_batch(batch, int(rng.integers(2**31)), frames, args.size, args.size)
             clip = torch.from_numpy(to_model_range(videos)).to(args.device)  # (B, 3, F, H, W)
             latents.append(vae.encode(clip).latent_dist.mode().cpu())  # (B, z, F', H/4, W/4)
             masks.append(_latent_object_mask(torch.from_numpy(_on_object(videos, batch)), config))
@@ -211,56 +205,19 @@ def _latent_object_mask(on_object: torch.Tensor, config: TinyConfig) -> torch.Te
 
 # ------------------------------------------------------------------------------------------- stage 3: transformer
 
-class _LatentSet(NamedTuple):
-    caption_index: torch.Tensor  # (N,) into the sorted caption list
-    latents: torch.Tensor  # (N, z, F', H', W'), normalised
-    on_object: torch.Tensor  # (N, F', H', W') bool
-
-    @classmethod
-    def of(cls, captions: list[str], specs, latents: torch.Tensor, on_object: torch.Tensor) -> _LatentSet:
-        return cls(torch.tensor([captions.index(spec.caption) for spec in specs]), latents, on_object)
-
-    def window(self, index: int, side: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A ``side`` x ``side`` window of latent cells of video ``index`` that holds a cell the object touches in
-        some frame (every such cell equally likely to anchor it): latents (z, F', side, side), cells (F', side, side).
-        """
-        touched = self.on_object[index].any(0).nonzero()  # (K, 2) rows and columns
-        height, width = self.on_object.shape[2:]
-        row, column = touched[rng.integers(len(touched))].tolist()
-        top = int(rng.integers(max(0, row - side + 1), min(row, height - side) + 1))
-        left = int(rng.integers(max(0, column - side + 1), min(column, width - side) + 1))
-        rows, columns = slice(top, top + side), slice(left, left + side)
-        return self.latents[index, :, :, rows, columns], self.on_object[index, :, rows, columns]
-
-
-def _draw_batch(full: _LatentSet, windows: _LatentSet | None, rng: np.random.Generator, args):
-    """Caption indices (B,), clean latents (B, z, F', h, w) and object cells (B, F', h, w) of one batch: whole
-    videos of ``--size``, each replaced with probability ``--crop-fraction`` by a window of a ``--crop-from`` video.
-    """
-    pick = torch.from_numpy(rng.integers(0, len(full.caption_index), size=args.batch))  # (B,)
-    caption_index, x0, cells = full.caption_index[pick], full.latents[pick], full.on_object[pick]  # copies
-    if windows is not None:
-        side = x0.shape[-1]
-        for slot in np.flatnonzero(rng.random(args.batch) < args.crop_fraction):
-            index = int(rng.integers(len(windows.caption_index)))
-            caption_index[slot] = windows.caption_index[index]
-            x0[slot], cells[slot] = windows.window(index, side, rng)
-    return caption_index, x0, cells
-
-
-def train_transformer(pipe, captions: list[str], full: _LatentSet, windows: _LatentSet | None,
-                      rng: np.random.Generator, args, log: _CsvLog) -> float:
+def train_transformer(pipe, specs, latents: torch.Tensor, on_object: torch.Tensor, rng: np.random.Generator, args,
+                      log: _CsvLog) -> float:
     """Leaves the EMA transformer in ``pipe`` (saved to ``args.out``); returns the mean loss of the last 100 steps.
 
     The squared error of latent cells on the object weighs ``args.object_weight`` times a background cell's
-    (normalised per batch): the object is ~5 % of the cells but everything the caption says about it.
-    ``windows`` (with ``--crop-from``) mixes windows of larger videos into the batches, so a model trained small
-    still sees textures and objects at the scale in latent cells that the full-size generation has."""
+    (normalised per batch): the object is ~5 % of the cells but everything the caption says about it."""
+    captions = sorted({spec.caption for spec in specs})
     encode = dict(do_classifier_free_guidance=False, max_sequence_length=args.text_length)
     with torch.no_grad():
         embeds, _ = pipe.encode_prompt(captions, **encode)
         empty, _ = pipe.encode_prompt([""], **encode)
     # embeds: (C, L, text_dim); empty: (1, L, text_dim), all zeros: the empty caption has no tokens
+    caption_index = torch.tensor([captions.index(spec.caption) for spec in specs])  # (N,)
     transformer = pipe.transformer.train()
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
     pipe.register_modules(transformer=ema)  # what gets saved (and generates) is the EMA
@@ -272,9 +229,9 @@ def train_transformer(pipe, captions: list[str], full: _LatentSet, windows: _Lat
         start = time.perf_counter()
         for step in range(args.steps):
             lr = _set_cosine_lr(optimiser, args.lr, step, args.steps, warmup=100)
-            caption_index, x0, cells = _draw_batch(full, windows, rng, args)
-            x0 = x0.to(args.device)  # (B, z, F', h, w)
-            text = embeds[caption_index.to(embeds.device)].clone()  # (B, L, text_dim)
+            pick = torch.from_numpy(rng.integers(0, len(specs), size=args.batch))  # (B,)
+            x0 = latents[pick].to(args.device)  # (B, z, F', h, w)
+            text = embeds[caption_index[pick].to(embeds.device)].clone()  # (B, L, text_dim)
             # every random draw on the CPU generator: the same seed trains the same model on any device
             dropped = (torch.rand(args.batch, generator=generator) < args.text_dropout).to(text.device)  # (B,)
             text[dropped] = empty[0]
@@ -286,7 +243,7 @@ def train_transformer(pipe, captions: list[str], full: _LatentSet, windows: _Lat
             s = sigma.view(-1, 1, 1, 1, 1)
             noisy = (1.0 - s) * x0 + s * noise  # (B, z, F', h, w)
             velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
-            cells = cells.unsqueeze(1).to(args.device)  # (B, 1, F', h, w)
+            cells = on_object[pick].unsqueeze(1).to(args.device)  # (B, 1, F', h, w)
             loss = _object_weighted_mean((velocity - (noise - x0)).pow(2), cells, args.object_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -362,12 +319,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
     parser.add_argument("--size", type=int, default=GENERATION_DEFAULTS["height"],
                         help="side of the square training videos the transformer learns from")
-    parser.add_argument("--crop-from", type=int, default=None,
-                        help="also encode the training videos at this side and mix --size windows of them into "
-                             "the batches (each window holds the object)")
-    parser.add_argument("--crop-fraction", type=float, default=0.5,
-                        help="with --crop-from: probability that a batch slot is such a window")
-    parser.add_argument("--videos", type=int, default=400, help="training videos to encode (per size) and cache")
+    parser.add_argument("--videos", type=int, default=400, help="training videos to encode and cache")
     parser.add_argument("--steps", type=int, default=320, help="transformer optimiser steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -380,10 +332,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16:  # the VAE halves twice and the transformer patches 2x2, as in generate
         parser.error(f"--size must be a positive multiple of 16, got {args.size}")
-    if args.crop_from is not None and (args.crop_from <= args.size or args.crop_from % 16):
-        parser.error(f"--crop-from must be a multiple of 16 larger than --size, got {args.crop_from}")
-    if not 0.0 <= args.crop_fraction <= 1.0:
-        parser.error(f"--crop-fraction must be within [0, 1], got {args.crop_fraction}")
     return args
 
 
