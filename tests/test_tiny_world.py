@@ -113,3 +113,19 @@ def test_checker_finds_nothing_on_an_empty_background():
     empty = np.full((9, 64, 64, 3), 120, dtype=np.uint8)  # plain gray, no object
     seen = detect(empty)
     assert seen.background == "gray" and seen.colour is None and seen.motion is None
+
+
+def test_checker_reads_the_object_colour_over_a_misdrawn_texture():
+    """A background drawn with its texture out of phase is off-background almost everywhere; the object's colour is
+    still the one read, and the background is still the mistake that gets reported."""
+    spec = VideoSpec("blue", "circle", "moving left", "checkered")
+    video = render_video(spec, np.random.default_rng(3), 17, 128, 128).astype(np.float32)  # (F, H, W, 3)
+    background = background_image("checkered", 128, 128)  # (H, W, 3)
+    on_object = np.abs(video - background).max(axis=-1, keepdims=True) > 8  # (F, H, W, 1)
+    shifted = np.roll(background, 8, axis=(0, 1))  # half a checker square off in both directions
+    misdrawn = np.where(on_object, video, shifted).astype(np.uint8)
+    seen = detect(misdrawn)
+    assert seen.colour == "blue"
+    assert np.mean(np.median(misdrawn, axis=0) != background) > 0.3  # the texture really is wrong
+    wrong_colour = np.where(on_object, np.array([40, 200, 60], np.float32), shifted).astype(np.uint8)
+    assert detect(wrong_colour).colour == "green"

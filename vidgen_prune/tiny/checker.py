@@ -8,7 +8,9 @@ Method, on uint8 frames (F, H, W, 3):
   1. background = the world's background (plain colours, stripes, checker) that best matches the frames, by
      the median per-pixel distance, so the object (a minority of pixels) does not sway it; a temporal median
      would not do, as a slow object covers its path for most of the clip and a growing one never leaves;
-  2. foreground = pixels far from that background; object colour = nearest palette colour to their median;
+  2. foreground = pixels far from that background; object colour = the palette colour that most foreground
+     pixels lie within ``PALETTE_DISTANCE`` of (a vote, so a background drawn with the wrong texture, whose
+     pixels are off-background but near no object colour, does not pull the object's colour towards it);
   3. per frame, the largest connected foreground component gives centroid, area and bounding-box fill
      (square ~1.0, circle ~0.79, triangle ~0.5); the objects in a frame are the components at least
      ``COMPANION_AREA`` of the largest one's area, and the video's count is their median over frames (a caption
@@ -29,6 +31,7 @@ from vidgen_prune.tiny.prompts import BACKGROUNDS, parse_caption
 from vidgen_prune.tiny.synthetic import OBJECT_RGB, background_image
 
 BACKGROUND_DISTANCE = 60.0  # RGB distance above which a pixel is not background (palette gaps are >= 100)
+PALETTE_DISTANCE = 80.0  # a pixel this close to an object colour votes for it (object colours are >= 180 apart)
 MIN_OBJECT_FRACTION = 0.002  # smallest component counted as the object, as a fraction of the frame area
 GROWTH_RATIO = 2.5  # rendered growth is about x12 in area; moving objects stay near x1
 MIN_TRAVEL = 0.12  # rendered linear travel is 0.35-0.5 of the frame
@@ -67,7 +70,7 @@ def detect(frames: np.ndarray) -> Detection:
     foreground = distance > BACKGROUND_DISTANCE  # (F, H, W)
     if foreground.mean() < MIN_OBJECT_FRACTION:
         return Detection(None, None, None, background_name, 0)
-    colour = _nearest(np.median(video[foreground], axis=0), OBJECT_RGB)
+    colour = _voted_colour(video[foreground])
     per_frame = [_objects(mask) for mask in foreground]  # each: blobs, largest first
     objects = int(np.rint(np.median([len(blobs) for blobs in per_frame])))
     found = [blobs[0] for blobs in per_frame if blobs]
@@ -149,10 +152,12 @@ def _match_background(video: np.ndarray) -> tuple[str, np.ndarray]:
     return best_name, best_distance
 
 
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
-    names = list(palette)
-    distances = [np.linalg.norm(rgb - np.asarray(palette[name], np.float32)) for name in names]
-    return names[int(np.argmin(distances))]
+def _voted_colour(pixels: np.ndarray) -> str | None:
+    """The object colour that most of ``pixels`` (P, 3) lie within ``PALETTE_DISTANCE`` of; None if none do."""
+    palette = np.asarray(list(OBJECT_RGB.values()), np.float32)  # (C, 3)
+    distances = np.linalg.norm(pixels[:, None] - palette[None], axis=-1)  # (P, C)
+    votes = np.bincount(distances.argmin(1)[distances.min(1) < PALETTE_DISTANCE], minlength=len(palette))  # (C,)
+    return list(OBJECT_RGB)[int(votes.argmax())] if votes.any() else None
 
 
 def _smooth(values: np.ndarray) -> np.ndarray:
