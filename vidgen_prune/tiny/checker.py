@@ -36,6 +36,7 @@ MIN_OBJECT_FRACTION = 0.002  # smallest component counted as the object, as a fr
 GROWTH_RATIO = 2.5  # rendered growth is about x12 in area; moving objects stay near x1
 MIN_TRAVEL = 0.12  # rendered linear travel is 0.35-0.5 of the frame
 COMPANION_AREA = 0.25  # a component this fraction of the largest one's area counts as another object, not speckle
+ATTRIBUTES = ("colour", "shape", "motion", "background", "count")  # what score_video judges
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,14 @@ def _objects(mask: np.ndarray) -> list[_Blob]:
     """The object-sized connected components of one frame's foreground mask, largest first: at least
     ``MIN_OBJECT_FRACTION`` of the frame and ``COMPANION_AREA`` of the largest component."""
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]  # (count - 1,) without the background label 0
-    if count < 2 or areas.max() < MIN_OBJECT_FRACTION * mask.size:
+    if count < 2:
         return []
+    areas = stats[1:, cv2.CC_STAT_AREA]  # (count - 1,) without the background label 0
+    smallest = max(MIN_OBJECT_FRACTION * mask.size, COMPANION_AREA * areas.max())
     blobs = []
     for label in 1 + np.argsort(-areas, kind="stable"):
         left, top, width, height, area = stats[label]
-        if area < max(MIN_OBJECT_FRACTION * mask.size, COMPANION_AREA * areas.max()):
+        if area < smallest:
             break
         touches = left == 0 or top == 0 or left + width == mask.shape[1] or top + height == mask.shape[0]
         blobs.append(_Blob(float(centroids[label][0]), float(centroids[label][1]), float(area),

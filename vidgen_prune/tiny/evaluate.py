@@ -23,11 +23,9 @@ import torch
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate
 from vidgen_prune.tiny import EMBEDDED_MODEL_DIR, GENERATION_DEFAULTS
-from vidgen_prune.tiny.checker import detect, score_video
+from vidgen_prune.tiny.checker import ATTRIBUTES, detect, score_video
 from vidgen_prune.tiny.prompts import HELD_OUT_PROMPTS, parse_caption
 from vidgen_prune.tiny.synthetic import render_batch, to_model_range
-
-ATTRIBUTES = ("colour", "shape", "motion", "background", "count")
 
 
 def load_embedded_pipeline(model_dir: Path = EMBEDDED_MODEL_DIR):
