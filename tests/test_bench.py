@@ -14,7 +14,7 @@ from vidgen_prune.bench import AGGREGATE_FIELDS, RUN_FIELDS, Bench, check_budget
 from vidgen_prune.cli import app
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate, pruned
-from vidgen_prune.models import adapter_for
+from vidgen_prune.models import Profile, WanAdapter, adapter_for
 
 PROMPT = "a red circle moving left on a black background"
 SMALL = dict(steps=2, frames=5, height=64, width=64)  # 2 latent frames × 8 × 8 tokens
@@ -125,15 +125,16 @@ def test_cli_refuses_bad_bench_input_with_one_line_and_no_file(tmp_path):
         assert not out.exists()
 
 
-TINY_PROFILE = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=16,
-    freq_dim=32, ffn_dim=64, num_layers=6, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+TINY_PROFILE = Profile(
+    dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=16,
+         freq_dim=32, ffn_dim=64, num_layers=6, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6),
+    latent=(3, 8, 8), text_tokens=8,
 )
 
 
 @torch.no_grad()
 def test_profile_runs_a_composed_cache_and_decodes_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench_module.PROFILES, "tiny-test", TINY_PROFILE)
+    monkeypatch.setitem(WanAdapter.profiles, "tiny-test", TINY_PROFILE)
     monkeypatch.setattr(bench_module, "time_vae_decode", lambda latents, spec: 0.25)  # the real-size VAE is slow here
     spec = make_spec(
         None, dict(methods=["dense", "tape+fbcache"], reductions=[0.3], profile="tiny-test", profile_latent=[3, 8, 8],
@@ -152,7 +153,7 @@ def test_compile_with_a_cache_is_refused():
 
 @torch.no_grad()
 def test_profile_times_transformer_steps_with_kernels_and_compile(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench_module.PROFILES, "tiny-test", TINY_PROFILE)
+    monkeypatch.setitem(WanAdapter.profiles, "tiny-test", TINY_PROFILE)
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)  # the wiring, not inductor
     spec = make_spec(
@@ -164,7 +165,7 @@ def test_profile_times_transformer_steps_with_kernels_and_compile(tmp_path, monk
     assert spec.metrics == ("timing",) and spec.prune.kernels == "torch"
     check_budgets(spec, None)
     result = Bench(spec, tmp_path).run(None)
-    assert len(compiled) == TINY_PROFILE["num_layers"]
+    assert len(compiled) == TINY_PROFILE.config["num_layers"]
     dense, tape, tome = result.aggregates
     assert dense["transformer_step_ms"] > 0 and tape["speedup"] > 0
     assert tape["kept_fraction"] == pytest.approx(0.7, abs=0.02) and tape["psnr"] is None

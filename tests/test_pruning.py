@@ -10,7 +10,7 @@ import torch
 
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate
-from vidgen_prune.models import adapter_for, wan_fused
+from vidgen_prune.models import BlockCall, adapter_for, wan_fused
 from vidgen_prune.pruning import make_pruner
 from vidgen_prune.pruning.hooks import apply_pruner, remove_pruner
 from vidgen_prune.pruning.plan import skip_plan
@@ -44,12 +44,13 @@ def test_gather_block_scatter_with_every_token_is_bit_identical(tiny_pipe, seede
     handle = adapter.blocks(transformer)[1].register_forward_pre_hook(capture)
     transformer(**transformer_inputs(tiny_pipe))
     handle.remove()
-    hidden, *block_args = captured["args"]
     block = adapter.blocks(transformer)[1]
+    call = BlockCall(block, adapter.layout(block), captured["args"], {})
+    hidden = call.hidden_states
     plan = skip_plan(torch.arange(hidden.shape[1]).expand(hidden.shape[0], -1))
     rows = plan.gather(hidden)
-    skipped = plan.scatter(hidden, rows, block(rows, *adapter.gather_block_args(plan.positions, tuple(block_args))))
-    assert torch.equal(skipped, block(hidden, *block_args))
+    rows_out, output = call.run(block, rows, plan.positions)
+    assert torch.equal(plan.scatter(hidden, rows, rows_out), block(*captured["args"]))
 
 
 @torch.no_grad()

@@ -156,14 +156,13 @@ def _raise_line_errors(where: str, errors: list[tuple[int, str]]) -> None:
     raise ValueError(f"{where}: {'; '.join(shown)}{f'; and {more} more' if more > 0 else ''}")
 
 
-def check_pruners(items: Sequence[BatchItem], transformer) -> None:
-    """Refuse, before any compute, items whose pruning cannot run on the loaded model (budget out of reach...)."""
-    from .pruning import check_pruner
-
+def check_items(items: Sequence[BatchItem], check: Callable[[BatchItem], None]) -> None:
+    """Refuse, before any compute, the items `check` raises ValueError for (a family's input rule, a budget out of
+    reach, a router for another model), all of them in one message with their line numbers."""
     errors = []
     for item in items:
         try:
-            check_pruner(item.prune, transformer)
+            check(item)
         except ValueError as error:
             errors.append((item.line, str(error)))
     _raise_line_errors("prompt file", errors)
@@ -333,7 +332,7 @@ def run_batch(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out_dir)
-    finished = _agreed_finished(manifest, items, world, str(pipe.transformer.device))
+    finished = _agreed_finished(manifest, items, world, items[0].gen.device)
     mine = shard([item for item in items if item.name not in finished], world.rank, world.size)
     summary = BatchSummary(world.rank, world.size, str(out_dir), len(items), len(finished), len(mine))
     for item in mine:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import GenerateConfig, PruneConfig
+from .models import profiles
 from .pruning import METHODS
 from .pruning.caches import CACHES
 
@@ -34,16 +35,6 @@ from .pruning.caches import CACHES
 DEFAULT_METHODS = ("dense", "evit", "tome", "stavit", "tape", "tape-s", "tape-r", "tape-t")
 METRIC_GROUPS = ("timing", "fidelity", "masks", "adherence")
 QUALITY_METRICS = ("fidelity", "masks", "adherence")
-# Wan2.1 T2V transformers (config.json of the Wan-AI diffusers checkpoints; see shared/tools/probe_skip.py)
-_WAN21_COMMON = dict(
-    patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
-    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
-PROFILES = {
-    "wan2.1-1.3b": dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
-    "wan2.1-14b": dict(_WAN21_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
-}
-PROFILE_LATENT = (21, 60, 104)  # 81 frames at 480×832 through Wan's VAE (4× time, 8× space)
 PROFILE_STEPS = 10  # forwards per profiled sequence unless --steps: 5 HighLow levels of 2 steps
 SPEC_KEYS = (
     "methods", "reductions", "prompts", "held_out", "seeds", "warmup", "repeats", "metrics", "profile",
@@ -93,7 +84,7 @@ class BenchSpec:
     repeats: int = 1  # timed generations per record; the record keeps their median
     metrics: tuple[str, ...] = METRIC_GROUPS
     profile: str | None = None
-    profile_latent: tuple[int, int, int] = PROFILE_LATENT
+    profile_latent: tuple[int, int, int] | None = None  # None: the profile's own (its model card's default video)
     compile: bool = False  # torch.compile each transformer block's own forward (regional)
     e2e: bool = False  # profile: add a real-size random-weight VAE decode
 
@@ -128,18 +119,21 @@ class BenchSpec:
             if not self.prompts:
                 raise ValueError("a quality bench needs at least one prompt")
             return
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(PROFILES)}")
+        if self.profile not in profiles():
+            raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(profiles())}")
         asked = sorted(set(self.metrics) & set(QUALITY_METRICS))
         if asked:
             raise ValueError(f"--profile times random-weight transformers, so quality metrics ({', '.join(asked)}) "
                              "would be meaningless: use --metrics timing, or drop --profile")
         if self.prompts:
             raise ValueError("--profile uses random text embeddings: drop --prompt/--prompts")
-        frames, height, width = self.profile_latent
-        if min(self.profile_latent) < 1 or height % 2 or width % 2 or frames < 2:
-            raise ValueError(f"--profile-latent F,H,W needs F >= 2 and even H, W (patch 1×2×2), got {frames},{height},"
-                             f"{width}")
+        if self.profile_latent is not None and (len(self.profile_latent) != 3 or min(self.profile_latent) < 1):
+            raise ValueError(f"--profile-latent is F,H,W (three positive integers), got {self.profile_latent}")
+
+    @property
+    def latent(self) -> tuple[int, int, int]:
+        """The profiled latent (frames, height, width): the spec's, or the profile's own."""
+        return tuple(self.profile_latent or profiles()[self.profile][1].latent)
 
     @property
     def entries(self) -> list[MethodEntry]:
@@ -168,7 +162,8 @@ class BenchSpec:
         settings = {
             "gen": {k: v for k, v in asdict(self.gen).items() if k not in ("prompt", "seed", "out", "fps")},
             "prune": {k: v for k, v in asdict(self.prune).items() if k not in ("method", "reduction", "cache")},
-            "metrics": sorted(self.metrics), "profile": self.profile, "profile_latent": list(self.profile_latent),
+            "metrics": sorted(self.metrics), "profile": self.profile,
+            "profile_latent": list(self.profile_latent or ()),
             "compile": self.compile, "e2e": self.e2e,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -216,7 +211,7 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     profile, profile_latent, compile, e2e). The preset is the profile's (wan2.1-1.3b) in profile mode, else the
     model's. Without prompts, a quality bench of the embedded model takes the first 8 held-out prompts.
     """
-    from .presets import default_preset, load_preset, merged
+    from .presets import default_preset, load_preset, merged, preset_names
     from .tiny.prompts import HELD_OUT_PROMPTS
 
     data = read_spec_file(spec_file) if spec_file else {}
@@ -231,7 +226,7 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     if profile and "metrics" not in values:
         values["metrics"] = ("timing",)
     generate_values = {**(data.get("generate") or {}), **_given(generate_flags)}
-    preset = preset or (profile if profile in PROFILES else default_preset(generate_values.get("model")))
+    preset = preset or (profile if profile in preset_names() else default_preset(generate_values.get("model")))
     preset_values = load_preset(preset) if preset else None
     gen_values = merged("generate", preset_values, generate_values)
     if profile:  # the profile's own latent and step count, not the preset's 50-step 81-frame generation
@@ -259,15 +254,20 @@ def _given(flags: dict) -> dict:
 def check_budgets(spec: BenchSpec, pipe) -> None:
     """Refuse (ValueError), before any compute, a method × reduction the model's depth cannot reach, or a router
     made for another model."""
+    from .models import ModelInfo, denoisers
     from .pruning import check_pruner, make_pruner
 
     for entry in spec.entries:
         for reduction in spec.reductions if entry.spends_budget else (0.0,):
             config = spec.prune_config(entry, reduction)
             if spec.profile:  # the random-weight transformer is built later: only its depth is known here
-                make_pruner(config).check_budget(PROFILES[spec.profile]["num_layers"])
+                adapter, profile = profiles()[spec.profile]
+                info = ModelInfo(spec.profile, profile.pipeline_class, adapter.transformer_classes[0],
+                                 ("transformer",), adapter, {"transformer": profile.config})
+                make_pruner(config).check_budget(adapter.num_blocks(info))
             else:
-                check_pruner(config, pipe.transformer)
+                for transformer in denoisers(pipe):
+                    check_pruner(config, transformer)
 
 
 # ----------------------------------------------------------------------------------------------- record fields
@@ -287,23 +287,6 @@ MEAN_FIELDS = (
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou", "adherence",
 )
 AGGREGATE_FIELDS = ("method", "pruner", "cache", "reduction", "runs", "speedup", "transformer_speedup") + MEAN_FIELDS
-
-
-def flop_count(masks: list, block_calls: int, tokens: int, transformer, text_tokens: int) -> tuple[float, float]:
-    """(FLOPs done, FLOPs of the same forwards run dense) per sample, from the kept tokens of each block call.
-
-    `masks` lists the pruned block calls (step, call, layer, positions (B, K)); the other `block_calls` computed
-    every token. Blocks a cache skipped are not in `block_calls`, so they cost nothing here.
-    """
-    from .metrics import block_flops
-
-    config = transformer.config
-    dims = dict(dim=config.num_attention_heads * config.attention_head_dim, ffn_dim=config.ffn_dim,
-                text_tokens=text_tokens)
-    dense_block = block_flops(tokens, **dims)
-    done = sum(block_flops(tokens, kept=positions.shape[1], **dims) for *_, positions in masks)
-    done += (block_calls - len(masks)) * dense_block
-    return done, dense_block
 
 
 def mask_iou(masks: list, grid) -> float | None:
@@ -420,10 +403,11 @@ class Bench:
     # ------------------------------------------------------------------------------------------- quality mode
 
     def _run_quality(self, pipe, todo: list[RunKey]) -> None:
-        from .models import adapter_for
+        from .models import adapter_for, denoisers
 
         if self.spec.compile:
-            compile_blocks(adapter_for(pipe.transformer).blocks(pipe.transformer))
+            for transformer in denoisers(pipe):
+                compile_blocks(adapter_for(transformer).blocks(transformer))
         groups: dict[tuple[str, int], list[RunKey]] = {}
         for key in todo:
             groups.setdefault((key.prompt, key.seed), []).append(key)
@@ -450,10 +434,7 @@ class Bench:
         # copies cost microseconds; every repeat after it runs without them
         results = [generate(pipe, gen, prune, record_masks=(i == 0)) for i in range(self.spec.repeats)]
         first = results[0]
-        transformer = pipe.transformer
-        layers = len(_blocks(transformer))
-        flops, dense_block = flop_count(first.masks, first.block_calls, first.tokens_per_forward, transformer,
-                                       gen.max_sequence_length)
+        layers = len(_blocks(pipe.transformer))
         record = self._base_record(key, prune, gen.device)
         total = statistics.median(r.total_s for r in results)
         transformer_s = statistics.median(r.transformer_s for r in results)
@@ -466,7 +447,7 @@ class Bench:
             tokens_per_forward=first.tokens_per_forward, transformer_calls=first.transformer_calls,
             kept_fraction=first.kept_fraction, block_fraction=first.block_calls / (first.transformer_calls * layers),
             cache_compute_fraction=first.cache_compute_fraction,
-            tflops=flops / 1e12, flop_bound_speedup=first.transformer_calls * layers * dense_block / flops,
+            tflops=first.flops / 1e12, flop_bound_speedup=first.flop_bound_speedup,
             peak_memory_mb=max(r.peak_memory_mb for r in results),
         )
         if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
@@ -487,17 +468,11 @@ class Bench:
         spec, gen = self.spec, self.spec.gen
         device, dtype = torch.device(gen.device), DTYPES[gen.dtype]
         torch.manual_seed(spec.seeds[0])
+        adapter, profile = profiles()[spec.profile]
         transformer = build_profile_transformer(spec.profile, device, dtype)
         if spec.compile:
-            compile_blocks(transformer.blocks)
-        frames, height, width = spec.profile_latent
-        inputs = dict(
-            hidden_states=torch.randn(1, transformer.config.in_channels, frames, height, width, device=device,
-                                      dtype=dtype),
-            encoder_hidden_states=torch.randn(1, gen.max_sequence_length, transformer.config.text_dim, device=device,
-                                              dtype=dtype),
-            return_dict=False,
-        )
+            compile_blocks(adapter.blocks(transformer))
+        inputs = adapter.profile_inputs(transformer, profile, spec.latent, device, dtype)
         decode_s = time_vae_decode(inputs["hidden_states"], spec) if spec.e2e else None
         for key in todo:
             record = self._profile_one(transformer, inputs, key)
@@ -516,18 +491,19 @@ class Bench:
         steps = gen.steps
         prune = spec.prune_config(key.entry, key.reduction or 0.0)
         timesteps = torch.linspace(999, 1, steps).tolist()
-        device = inputs["hidden_states"].device
+        device = next(transformer.parameters()).device
+        adapter = profiles()[spec.profile][0]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with torch.no_grad(), pruned(transformer, prune, steps) as controller:
 
-            def sequence(record_masks: bool = False) -> list[float]:
-                controller.reset(steps, record_masks=record_masks)
+            def sequence() -> list[float]:
+                controller.begin(steps)
                 # a cache's state (residuals, Taylor factors) belongs to one sequence of steps
                 HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
                 times = []
                 for t in timesteps:
-                    timestep = torch.tensor([t], device=device)
+                    timestep = adapter.profile_timestep(t, device)
                     with transformer.cache_context("cond"):
                         times.append(_timed(lambda: transformer(timestep=timestep, **inputs), device))
                 return times
@@ -535,13 +511,11 @@ class Bench:
             for _ in range(spec.warmup):
                 sequence()
             runs = [sequence() for _ in range(spec.repeats)]
-            sequence(record_masks=True)  # untimed: copying positions to the host would stall the GPU
             log, calls = controller.log, controller.log.forwards
             compute_fraction = controller.cache.compute_fraction if controller.cache else None
             tokens = controller.grid.num_tokens
-        layers = len(transformer.blocks)
+        layers = len(adapter.blocks(transformer))
         block_calls = log.total // tokens
-        flops, dense_block = flop_count(log.masks, block_calls, tokens, transformer, gen.max_sequence_length)
         per_forward = statistics.median(t for run in runs for t in run)
         total = statistics.median(sum(run) for run in runs)
         record = self._base_record(key, prune, gen.device)
@@ -549,8 +523,8 @@ class Bench:
             mode=f"profile:{spec.profile}", total_s=total, transformer_s=total, transformer_step_ms=1000 * per_forward,
             tokens_per_s=tokens / per_forward, timing_runs_s=[sum(run) for run in runs], tokens_per_forward=tokens,
             transformer_calls=calls, kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
-            cache_compute_fraction=compute_fraction, tflops=flops / 1e12,
-            flop_bound_speedup=calls * layers * dense_block / flops, peak_memory_mb=_peak_memory_mb(device),
+            cache_compute_fraction=compute_fraction, tflops=log.flops / 1e12,
+            flop_bound_speedup=log.dense_flops / log.flops, peak_memory_mb=_peak_memory_mb(device),
         )
         return record
 
@@ -614,13 +588,14 @@ def _timed(fn, device) -> float:
 
 
 def build_profile_transformer(profile: str, device, dtype):
-    """The real-size Wan transformer of `profile` with random weights (no download), in `dtype` except the modules
+    """The real-size transformer of `profile` with random weights (no download), in `dtype` except the modules
     diffusers keeps in float32 when loading a checkpoint in low precision (rope, time embedder, norms, ...)."""
+    import diffusers
     import torch
-    from diffusers import WanTransformer3DModel
 
+    adapter, spec = profiles()[profile]
     torch.backends.cuda.matmul.allow_tf32 = True
-    transformer = WanTransformer3DModel(**PROFILES[profile]).to(device).eval()
+    transformer = getattr(diffusers, adapter.transformer_classes[0])(**spec.config).to(device).eval()
     keep_float32 = set(transformer._keep_in_fp32_modules or ())
     for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
         if keep_float32.isdisjoint(name.split(".")) and tensor.is_floating_point():
@@ -672,7 +647,8 @@ def bench_header(spec: BenchSpec) -> dict:
         "spec": {
             "methods": list(spec.methods), "reductions": list(spec.reductions), "prompts": list(spec.prompts),
             "seeds": list(spec.seeds), "warmup": spec.warmup, "repeats": spec.repeats, "metrics": list(spec.metrics),
-            "profile": spec.profile, "profile_latent": list(spec.profile_latent), "compile": spec.compile,
+            "profile": spec.profile, "profile_latent": list(spec.latent) if spec.profile else None,
+            "compile": spec.compile,
             "e2e": spec.e2e, "generate": asdict(spec.gen), "prune": asdict(spec.prune),
         },
         "device": device_name(spec.gen.device),

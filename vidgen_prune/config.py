@@ -81,8 +81,8 @@ class GenerateConfig:
     negative_prompt: str = ""
     model: str | None = None  # folder or hub id of a diffusers pipeline; None = the embedded tiny model
     steps: int = 20
-    frames: int = 17  # Wan: 4k+1
-    height: int = 128  # divisible by 16
+    frames: int = 17  # each family has its rule (Wan: 4k+1), checked by its adapter before loading
+    height: int = 128  # likewise a multiple of the family's VAE × patch size (Wan: 16)
     width: int = 128
     guidance: float = 5.0
     # text positions per prompt (zero-padded): 512 for real Wan checkpoints, what the model was trained with
@@ -92,18 +92,18 @@ class GenerateConfig:
     device: str = "cpu"
     dtype: str = "float32"
     out: Path | None = None  # MP4 path; a JSON sidecar is written beside it
+    image: Path | None = None  # image-to-video pipelines: the conditioning (first) frame
 
     def __post_init__(self):
         if not self.prompt.strip():
             raise ValueError("--prompt must not be empty")
         if self.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
-        if self.frames < 1 or (self.frames - 1) % 4:
-            raise ValueError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {self.frames}")
+        if self.frames < 1:
+            raise ValueError(f"--frames must be at least 1, got {self.frames}")
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value < 16 or value % 16:
-                raise ValueError(f"--{name} must be a positive multiple of 16, got {value}")
+            if getattr(self, name) < 16:
+                raise ValueError(f"--{name} must be at least 16, got {getattr(self, name)}")
         if self.fps < 1:
             raise ValueError(f"--fps must be at least 1, got {self.fps}")
         if self.max_sequence_length < 1:
@@ -114,6 +114,8 @@ class GenerateConfig:
             raise ValueError(f"--device {self.device} asked for, but CUDA is not available on this machine")
         if self.model is not None and _looks_like_path(self.model) and not Path(self.model).is_dir():
             raise ValueError(f"--model folder not found: {self.model}")
+        if self.image is not None:
+            _check_image(Path(self.image))
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -122,6 +124,18 @@ DTYPES = ("float32", "bfloat16", "float16")
 def _looks_like_path(model: str) -> bool:
     """A hub id is `owner/name`; anything else with a path shape, or that exists, is a local folder."""
     return Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def _check_image(path: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ValueError(f"--image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"--image {path} is not a readable image ({type(error).__name__})") from None
 
 
 def _cuda_available() -> bool:

@@ -17,35 +17,33 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 
 from . import __version__
 from .config import GenerateConfig, PruneConfig
+from .models import denoisers
 from .pruning import make_pruner
 from .pruning.caches import apply_cache
 from .pruning.hooks import apply_pruner, remove_pruner
 
-TIMER_HOOK = "vidprune_timer"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):
     """A diffusers video pipeline from a local folder or hub id; None loads the embedded tiny model.
 
+    Call `models.inspect_model(model)` first to refuse an unsupported or broken model before any weight is read.
     The VAE stays in float32 (as Wan's own examples load it); the rest takes `dtype`.
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from .models import adapter_for
     from .tiny import EMBEDDED_MODEL_DIR
 
     source = str(EMBEDDED_MODEL_DIR) if model is None else os.path.expanduser(model)
     diffusers_logging.disable_progress_bar()  # the CLI draws its own progress
     transformers_logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(source, dtype={"default": DTYPES[dtype], "vae": torch.float32})
-    adapter_for(pipe.transformer)  # refuse an unsupported architecture before any compute
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -62,6 +60,9 @@ class GenerationResult:
     peak_memory_mb: float  # CUDA: peak allocated; CPU: the process's peak resident set
     block_calls: int = 0  # block forwards that ran (a cache skips some of transformer_calls × blocks)
     cache_compute_fraction: float | None = None  # calls of the cache-hooked modules that computed; None: no cache
+    flops: float = 0.0  # analytic FLOPs of the block forwards that ran, per sample
+    dense_flops: float = 0.0  # the same forwards with every block at every token
+    denoiser_calls: list[int] = field(default_factory=list)  # forwards of each denoiser (A14B: two experts)
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
 
     @property
@@ -73,6 +74,10 @@ class GenerationResult:
         """Video tokens through the transformer per second of transformer time (skipped tokens included)."""
         return self.tokens_per_forward * self.transformer_calls / self.transformer_s
 
+    @property
+    def flop_bound_speedup(self) -> float:
+        return self.dense_flops / self.flops if self.flops else 1.0
+
     def timings(self) -> dict:
         return {
             "total_s": self.total_s,
@@ -80,6 +85,7 @@ class GenerationResult:
             "mean_step_s": float(np.mean(self.step_s)),
             "transformer_s": self.transformer_s,
             "transformer_calls": self.transformer_calls,
+            "denoiser_calls": self.denoiser_calls,
             "frames_per_s": self.frames_per_s,
             "tokens_per_s": self.tokens_per_s,
             "peak_memory_mb": self.peak_memory_mb,
@@ -91,41 +97,23 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _TransformerTimer(ModelHook):
-    """Wall time spent inside the transformer, synchronised on CUDA so the GPU's work is counted."""
-
-    def __init__(self, device: torch.device):
-        super().__init__()
-        self.device, self.seconds, self.calls, self.tokens = device, 0.0, 0, 0
-
-    def pre_forward(self, module, *args, **kwargs):
-        _synchronize(self.device)
-        self._start = time.perf_counter()
-        return args, kwargs
-
-    def post_forward(self, module, output):
-        _synchronize(self.device)
-        self.seconds += time.perf_counter() - self._start
-        self.calls += 1
-        return output
-
-
 @contextmanager
-def pruned(transformer, prune: PruneConfig, num_steps: int, record_masks: bool = False):
-    """The transformer with `prune` applied for one generation; the hooks are gone afterwards.
-
-    A cache (`prune.cache`) goes on after the pruner so that its hooks wrap vidprune's: it sees whole sequences
-    and the blocks it computes are pruned. Its monitor is `controller.cache` (None without a cache).
-    """
-    controller = apply_pruner(transformer, make_pruner(prune), kernels=prune.kernels, max_queries=prune.score_queries)
-    controller.reset(num_steps, record_masks=record_masks)
-    controller.cache = apply_cache(transformer, prune) if prune.cache else None
+def pruned(denoisers, prune: PruneConfig, num_steps: int, record_masks: bool = False):
+    """`denoisers` (a transformer or a list) with `prune` applied, for code that calls them directly (no pipeline,
+    so the step count is given); the hooks are gone afterwards. A cache (`prune.cache`) goes on after the pruner so
+    that its hooks wrap vidprune's: it sees whole sequences and the blocks it computes are pruned. Its monitor is
+    `controller.cache` (None without a cache)."""
+    denoisers = list(denoisers) if isinstance(denoisers, (list, tuple)) else [denoisers]
+    controller = apply_pruner(denoisers, make_pruner(prune), kernels=prune.kernels, max_queries=prune.score_queries)
+    controller.begin(num_steps, record_masks=record_masks)
+    controller.cache = apply_cache(denoisers, prune) if prune.cache else None
     try:
         yield controller
     finally:
         if controller.cache is not None:
             controller.cache.remove()
-        remove_pruner(transformer)
+        for transformer in denoisers:
+            remove_pruner(transformer)
 
 
 def generate(
@@ -136,10 +124,12 @@ def generate(
     record_masks: bool = False,
     decode: bool = True,
 ) -> GenerationResult:
-    """Run one seeded generation with `prune` applied; `on_step(done, total)` reports progress."""
-    device = pipe.transformer.device
-    timer = _TransformerTimer(device)
-    registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
+    """Run one seeded generation with `prune` applied to every denoiser; `on_step(done, total)` reports progress."""
+    from .api import apply_config
+    from .models import describe_pipeline
+
+    info = describe_pipeline(pipe)
+    device = next(denoisers(pipe)[0].parameters()).device
     step_ends: list[float] = []
 
     def step_callback(pipeline, step, timestep, callback_kwargs):
@@ -151,44 +141,38 @@ def generate(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with pruned(pipe.transformer, prune, gen.steps, record_masks) as controller:
-        registry.register_hook(timer, TIMER_HOOK)  # outermost: pruning bookkeeping counts as transformer time
-        try:
-            _synchronize(device)
-            start = time.perf_counter()
-            output = pipe(
-                prompt=gen.prompt,
-                negative_prompt=gen.negative_prompt,
-                num_frames=gen.frames,
-                height=gen.height,
-                width=gen.width,
-                num_inference_steps=gen.steps,
-                guidance_scale=gen.guidance,
-                max_sequence_length=gen.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(gen.seed),
-                output_type="np" if decode else "latent",
-                callback_on_step_end=step_callback,
-            )
-            _synchronize(device)
-            total = time.perf_counter() - start
-        finally:
-            registry.remove_hook(TIMER_HOOK, recurse=False)
+    with apply_config(pipe, prune, record_masks=record_masks) as handle:
+        _synchronize(device)
+        start = time.perf_counter()
+        output = pipe(
+            **info.adapter.pipeline_kwargs(gen, info),
+            generator=torch.Generator(device="cpu").manual_seed(gen.seed),
+            output_type="np" if decode else "latent",
+            callback_on_step_end=step_callback,
+        )
+        _synchronize(device)
+        total = time.perf_counter() - start
+    controller = handle.controller
     steps = np.diff([start] + step_ends).tolist()
     frames = None
     if decode:
         frames = (np.clip(output.frames[0], 0.0, 1.0) * 255).round().astype(np.uint8)  # (F, H, W, 3)
+    log = controller.log
     return GenerationResult(
         frames=frames,
         total_s=total,
         step_s=steps,
-        transformer_s=timer.seconds,
-        transformer_calls=timer.calls,
+        transformer_s=controller.transformer_s,
+        transformer_calls=log.forwards,
         tokens_per_forward=controller.grid.num_tokens,
-        kept_fraction=controller.log.kept_fraction,
+        kept_fraction=log.kept_fraction,
         peak_memory_mb=_peak_memory_mb(device),
-        block_calls=controller.log.total // controller.grid.num_tokens,
-        cache_compute_fraction=controller.cache.compute_fraction if controller.cache else None,
-        masks=controller.log.masks,
+        block_calls=log.total // controller.grid.num_tokens,
+        cache_compute_fraction=handle.cache_compute_fraction,
+        flops=log.flops,
+        dense_flops=log.dense_flops,
+        denoiser_calls=[log.per_denoiser.get(index, 0) for index in range(len(controller.denoisers))],
+        masks=log.masks,
     )
 
 

@@ -186,7 +186,7 @@ def collect_trajectories(
 
     def record(module, args, kwargs, output):
         latents = kwargs["hidden_states"]
-        trajectories.grid = asdict(adapter_for(transformer).token_grid(transformer, latents))
+        trajectories.grid = asdict(adapter_for(transformer).token_grid(transformer, (), kwargs))
         text, velocity = kwargs["encoder_hidden_states"][0], output[0][0]
         call = TeacherCall(latents[0].clone(), kwargs["timestep"][0].clone(), text.clone(), velocity.clone())
         trajectories.calls[-1][-1].append(call)

@@ -24,6 +24,7 @@ from .common import (
     Verbose,
     Width,
     bad_input,
+    check_model,
     console,
     runtime_failure,
 )
@@ -119,6 +120,9 @@ def bench(
         )
         runner = Bench(bench_spec, out)
         runner.check()
+        if not bench_spec.profile:
+            check_model(bench_spec.gen, [bench_spec.prune_config(e, r) for e in bench_spec.entries if e.spends_budget
+                                         for r in bench_spec.reductions])
 
     pipe = None
     if not bench_spec.profile:

@@ -91,17 +91,36 @@ def runtime_failure(verbose: bool = False):
         fail(f"{type(error).__name__}: {error}", EXIT_RUNTIME)
 
 
+def check_model(gen, prunes: list, info=None):
+    """Refuse (ValueError) before any weight is read: a model folder or id that is not a supported pipeline, settings
+    its family's rules forbid, a budget its depth cannot reach. Returns what the model's JSON files say (`info`, when
+    given, is that already read)."""
+    from ..models import inspect_model
+    from ..pruning import make_pruner
+
+    info = info or inspect_model(gen.model)
+    info.adapter.check_inputs(gen, info)
+    for prune in prunes:
+        make_pruner(prune).check_budget(info.adapter.num_blocks(info))
+    return info
+
+
 def load_checked_pipeline(gen, prunes: list, verbose: bool):
-    """Load `gen`'s pipeline (a failure is exit 1), then refuse (exit 2) any pruning config it cannot run."""
+    """Check `gen`'s model before loading (exit 2), load it (a failure is exit 1), then refuse (exit 2) any pruning
+    config the loaded model cannot run (a router trained for another model)."""
+    with bad_input():
+        check_model(gen, prunes)
     with runtime_failure(verbose):
         from ..engine import load_pipeline
 
         pipe = load_pipeline(gen.model, gen.device, gen.dtype)
     with bad_input():
+        from ..models import denoisers
         from ..pruning import check_pruner
 
         for prune in prunes:
-            check_pruner(prune, pipe.transformer)
+            for transformer in denoisers(pipe):
+                check_pruner(prune, transformer)
     return pipe
 
 

@@ -164,15 +164,23 @@ def _generate_batch(
     prompts: Path, out_dir: Path, generate_flags: dict, prune_flags: dict, preset: str | None, json_output: bool,
     verbose: bool,
 ) -> None:
-    from ..batch import Manifest, World, check_pruners, read_prompt_file, run_batch
+    from ..batch import Manifest, World, check_items, read_prompt_file, run_batch
     from ..engine import check_writable, load_pipeline
+    from ..models import denoisers, inspect_model
+    from ..pruning import check_pruner
+    from .common import check_model
 
     with bad_input():
         world = World.from_env()
         generate_flags = generate_flags | {"device": world.device(generate_flags["device"])}
 
+        info = inspect_model(generate_flags["model"])
+
         def item_configs(item_generate_flags: dict, item_prune_flags: dict):
-            return build_configs(generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset)
+            gen, prune, preset_name = build_configs(generate_flags | item_generate_flags, prune_flags | item_prune_flags,
+                                                    preset)
+            check_model(gen, [prune], info)
+            return gen, prune, preset_name
 
         items = read_prompt_file(prompts, item_configs)
         manifest = Manifest(out_dir)
@@ -181,7 +189,7 @@ def _generate_batch(
     with runtime_failure(verbose):
         pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype)
     with bad_input():
-        check_pruners(items, pipe.transformer)
+        check_items(items, lambda item: [check_pruner(item.prune, transformer) for transformer in denoisers(pipe)])
     with runtime_failure(verbose):
         summary = run_batch(pipe, items, out_dir, world, on_item=_item_reporter(world, verbose))
 

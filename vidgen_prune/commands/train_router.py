@@ -16,6 +16,7 @@ from .common import (
     Seed,
     Width,
     bad_input,
+    check_model,
     console,
     key_value_table,
     runtime_failure,
@@ -64,6 +65,7 @@ def train_router(
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)
+        check_model(config.sampling, [])
 
     with runtime_failure(verbose):
         from ..engine import load_pipeline

@@ -1,15 +1,21 @@
 """What the pruning engine needs to know about a video-DiT family, and nothing more.
 
-A pruner sees a token sequence laid out frame-major (`idx = f·H·W + h·W + w`) and a per-block call
-`block(hidden_states, encoder_hidden_states, temb, rotary_emb)`. An adapter maps one diffusers
-architecture onto that picture: where its blocks are, the token grid of a forward, which per-token block
-arguments must follow a gather, and how to get a block's attention queries and keys for scoring.
+A pruner sees the video tokens of one block call, laid out frame-major (`idx = f·H·W + h·W + w`), as a
+(B, N, D) tensor. An adapter maps one diffusers family onto that picture:
+- transformer level: its blocks (one flat list, in call order), the token grid of a forward, the timestep of a
+  call, each block's `BlockLayout` (which arguments hold per-video-token values and how they follow a gather,
+  where the video stream sits in the block's output), the self-attention queries and keys for scoring;
+- pipeline level: which pipeline components are denoisers, how the generic generation settings map onto the
+  pipeline's own call, the family's input rules, its presets and real-size profiles.
+Text tokens that a family carries beside the video tokens (joint attention) never enter the pruned sequence:
+they stay in their own block argument and are always computed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -31,25 +37,204 @@ class TokenGrid:
         return self.frames * self.height * self.width
 
 
+# (value of a per-token block argument, index (B, K)) → the value for the K gathered tokens
+GatherFn = Callable[[Any, torch.Tensor], Any]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How one kind of block is called and what it returns, seen from the video tokens.
+
+    token_args: the arguments (by parameter name) that hold one entry per video token, and how each follows a
+        gather of the video tokens; every other argument passes through unchanged.
+    video_output: the block returns a tuple with the video stream at this index (the rest, e.g. the text stream of
+        joint attention, is returned as the block computed it); None: it returns the video tensor itself.
+    batch_args: for families whose per-token arguments have no batch dimension (a rotary table (N, D) shared by
+        the batch), the arguments that do carry the batch: when the samples keep different tokens, the block runs
+        once per sample with these sliced, and each token argument gathered with that sample's index (1, K).
+        Empty: the token arguments are batched and one call serves every sample.
+    """
+
+    token_args: Mapping[str, GatherFn]
+    video_output: int | None = None
+    batch_args: tuple[str, ...] = ()
+
+
+class BlockCall:
+    """One call of a block, bound to its parameter names: the video tokens and a way to rerun it on a subset."""
+
+    def __init__(self, block: torch.nn.Module, layout: BlockLayout, args: tuple, kwargs: dict):
+        self.layout = layout
+        self.bound = _signature(block).bind(*args, **kwargs)
+        self.arguments = self.bound.arguments
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        return self.arguments["hidden_states"]  # (B, N, D) video tokens
+
+    def arguments_for(self, rows: torch.Tensor, index: torch.Tensor) -> inspect.BoundArguments:
+        """The call's arguments with the video tokens replaced by `rows` (B, K, D) standing at `index` (B, K)."""
+        bound = inspect.BoundArguments(self.bound.signature, dict(self.arguments))
+        bound.arguments["hidden_states"] = rows
+        for name, gather in self.layout.token_args.items():
+            if bound.arguments.get(name) is not None:
+                bound.arguments[name] = gather(bound.arguments[name], index)
+        return bound
+
+    def run(self, forward: Callable, rows: torch.Tensor, index: torch.Tensor):
+        """`forward` on the K rows: returns (video rows out (B, K, D), the block's whole output)."""
+        if self.layout.batch_args and index.shape[0] > 1 and not bool((index == index[:1]).all()):
+            return self._run_per_sample(forward, rows, index)
+        bound = self.arguments_for(rows, index[:1] if self.layout.batch_args else index)
+        output = forward(*bound.args, **bound.kwargs)
+        return self.video(output), output
+
+    def _run_per_sample(self, forward: Callable, rows: torch.Tensor, index: torch.Tensor):
+        outputs = []
+        for sample in range(index.shape[0]):
+            bound = self.arguments_for(rows[sample : sample + 1], index[sample : sample + 1])
+            for name in self.layout.batch_args:
+                value = bound.arguments.get(name)
+                if isinstance(value, torch.Tensor):
+                    bound.arguments[name] = value[sample : sample + 1]
+            outputs.append(forward(*bound.args, **bound.kwargs))
+        if self.layout.video_output is None:
+            output = torch.cat(outputs)
+        else:
+            output = tuple(torch.cat(parts) if parts[0] is not None else None for parts in zip(*outputs))
+        return self.video(output), output
+
+    def video(self, output) -> torch.Tensor:
+        return output if self.layout.video_output is None else output[self.layout.video_output]
+
+    def with_video(self, output, video: torch.Tensor):
+        """The block's output with its video stream replaced by `video` (B, N, D)."""
+        if self.layout.video_output is None:
+            return video
+        parts = list(output)
+        parts[self.layout.video_output] = video
+        return tuple(parts)
+
+
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
+def _signature(block: torch.nn.Module) -> inspect.Signature:
+    """The block class's forward signature without `self` (cached: binding happens once per block call)."""
+    cls = type(block)
+    if cls not in _SIGNATURES:
+        parameters = list(inspect.signature(cls.forward).parameters.values())[1:]
+        _SIGNATURES[cls] = inspect.Signature(parameters)
+    return _SIGNATURES[cls]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A real-size architecture of the family, timed with random weights by `vidprune bench --profile`."""
+
+    config: dict  # the transformer's config.json values of the published checkpoint
+    latent: tuple[int, int, int]  # latent frames, height, width of the model card's default video
+    text_tokens: int  # text positions per prompt of the pipeline's default
+    pipeline_class: str = ""  # the pipeline the profile stands for, when the family has several
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model folder's JSON files say, read before any weight: enough to refuse or to plan a run."""
+
+    source: str  # the folder (or hub id) as given
+    pipeline_class: str
+    transformer_class: str
+    denoisers: tuple[str, ...]  # pipeline components that are pruned (e.g. transformer and transformer_2)
+    adapter: ModelAdapter
+    components: dict = field(default_factory=dict, repr=False)  # component name → its config.json (those read)
+
+    def component_config(self, name: str) -> dict:
+        return self.components.get(name) or {}
+
+
 class ModelAdapter:
     """Interface one diffusers transformer family implements; see `WanAdapter` for the reference one."""
 
     name: str = ""
-    pipeline_class_name: str = ""
+    transformer_classes: tuple[str, ...] = ()
+    pipeline_classes: tuple[str, ...] = ()
+    denoiser_names: tuple[str, ...] = ("transformer",)
+    profiles: Mapping[str, Profile] = {}
+
+    # -------------------------------------------------------------------------------------------- transformer
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every block the pruner may reduce, in call order; a layer index is a position in this list."""
         raise NotImplementedError
 
-    def token_grid(self, transformer: torch.nn.Module, hidden_states: torch.Tensor) -> TokenGrid:
-        """Grid of the forward whose latent input is `hidden_states`."""
+    def num_blocks(self, info: ModelInfo) -> int:
+        """len(blocks(...)) from the denoiser's config.json alone, so budgets are checked before loading."""
+        return info.component_config(info.denoisers[0])["num_layers"]
+
+    def layout(self, block: torch.nn.Module) -> BlockLayout:
         raise NotImplementedError
 
-    def gather_block_args(self, index: torch.Tensor, block_args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Block arguments after hidden_states, restricted to the tokens in `index` (B, K)."""
+    def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
+        """Grid of the video tokens of the forward called with `args`, `kwargs`."""
         raise NotImplementedError
+
+    def timestep(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The timestep tensor of a forward call (any shape: per sample, per token, ...)."""
+        return kwargs["timestep"] if "timestep" in kwargs else args[1]
+
+    def text_tokens(self, args: tuple, kwargs: dict) -> int:
+        """Text (context) positions of a forward call, for the analytic FLOPs."""
+        context = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        return context.shape[1] if isinstance(context, torch.Tensor) else 0
+
+    def hidden_width(self, transformer: torch.nn.Module) -> int:
+        """Width D of the video tokens the blocks see."""
+        config = transformer.config
+        return config.num_attention_heads * config.attention_head_dim
 
     def query_key(
-        self, block: torch.nn.Module, hidden_states: torch.Tensor, block_args: tuple[Any, ...]
+        self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block's self-attention queries and keys for `hidden_states`, each (B, heads, N, head_dim)."""
+        """Self-attention q (B, heads, Sq, d) and k (B, heads, K, d) among the video tokens at `positions` (B, K)
+        (all when None); the queries are those at `query_index` (B, Sq) into that subset (all when None)."""
         raise NotImplementedError
+
+    def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:
+        """Analytic FLOPs of block `layer` computing `kept` of `tokens` video tokens (see metrics.flops)."""
+        raise NotImplementedError
+
+    def fused_skip(self, block: torch.nn.Module) -> Callable | None:
+        """A fused token-skip forward `(hidden (B, N, D), index (B, K), call) → the block's output` that may update
+        hidden in place, or None when the family has none."""
+        return None
+
+    # ----------------------------------------------------------------------------------------------- pipeline
+
+    def check_inputs(self, gen, info: ModelInfo) -> None:
+        """Raise ValueError (one line naming the family's rule) for settings the pipeline would refuse or break."""
+
+    def pipeline_kwargs(self, gen, info: ModelInfo) -> dict:
+        """The pipeline call's own arguments for the generic settings `gen` (a GenerateConfig)."""
+        raise NotImplementedError
+
+    def profile_timestep(self, t: float, device) -> torch.Tensor:
+        """The timestep argument of a profiled forward at noise level `t` (0..1000)."""
+        return torch.tensor([t], device=device)
+
+    def profile_inputs(self, transformer: torch.nn.Module, profile: Profile, latent: tuple[int, int, int], device,
+                       dtype) -> dict:
+        """Random inputs of one transformer forward at `latent` (frames, height, width), as keyword arguments."""
+        raise NotImplementedError
+
+
+def gather_tokens(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` (B, K) of a per-token tensor (B or 1, N, ...) along dim 1 → (B, K, ...)."""
+    from ..kernels import gather_tokens as gather
+
+    return gather(value, index)
+
+
+def gather_pair(pair, index: torch.Tensor):
+    """A (cos, sin) rotary pair with a token dimension at dim 1, each gathered to the K tokens."""
+    return tuple(gather_tokens(part, index) for part in pair)

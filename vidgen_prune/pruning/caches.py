@@ -26,6 +26,7 @@ CACHES: dict[str, str] = {
     "taylorseer": "TaylorSeer (lite): predict the output projection by a Taylor series between full steps",
 }
 TAYLORSEER_DENSE_STEPS = 3  # diffusers' default: the first steps run in full to seed the Taylor factors
+TIMESTEP_HOOK = "vidprune_cache_timestep"
 DIFFUSERS_CACHE_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "pyramid_attention_broadcast", "taylorseer_cache")
 
 
@@ -39,13 +40,13 @@ def _compute_marker(module):
 
 
 class CacheMonitor:
-    """A diffusers cache on one transformer, with counts of the calls to the modules it hooks and of the calls
-    that really computed (the rest were replayed, predicted or skipped)."""
+    """A diffusers cache on every denoiser of a pipeline, with counts of the calls to the modules it hooks and of
+    the calls that really computed (the rest were replayed, predicted or skipped), summed over the denoisers."""
 
-    def __init__(self, transformer, name: str, diffusers_config):
+    def __init__(self, transformers: list, name: str, diffusers_config):
         from diffusers.hooks import HookRegistry, ModelHook
 
-        self.transformer, self.name = transformer, name
+        self.transformers, self.name = transformers, name
         self.calls = self.computed = 0
         self.timestep = None
         monitor = self
@@ -56,17 +57,17 @@ class CacheMonitor:
                 monitor.timestep = float(timestep.flatten()[0])
                 return args, kwargs
 
-        self._registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        self._registry.register_hook(_TimestepProbe(), "vidprune_cache_timestep")
-        transformer.enable_cache(diffusers_config)
         self._handles = []
-        for module in transformer.modules():
-            hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
-            marker = _compute_marker(module)
-            if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
-                continue
-            self._handles.append(module.register_forward_pre_hook(self._count_call))
-            self._handles.append(marker.register_forward_pre_hook(self._count_compute))
+        for transformer in transformers:
+            HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_TimestepProbe(), TIMESTEP_HOOK)
+            transformer.enable_cache(diffusers_config)
+            for module in transformer.modules():
+                hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
+                marker = _compute_marker(module)
+                if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
+                    continue
+                self._handles.append(module.register_forward_pre_hook(self._count_call))
+                self._handles.append(marker.register_forward_pre_hook(self._count_compute))
 
     def _count_call(self, module, args):
         self.calls += 1
@@ -80,34 +81,37 @@ class CacheMonitor:
         return self.computed / self.calls if self.calls else None
 
     def remove(self) -> None:
+        from diffusers.hooks import HookRegistry
+
         for handle in self._handles:
             handle.remove()
-        self.transformer.disable_cache()
-        self._registry.remove_hook("vidprune_cache_timestep", recurse=False)
+        for transformer in self.transformers:
+            transformer.disable_cache()
+            HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(TIMESTEP_HOOK, recurse=False)
 
 
-def apply_cache(transformer, config) -> CacheMonitor:
-    """Enable the cache `config.cache` names (a PruneConfig) on `transformer`, outside any vidprune hooks."""
+def apply_cache(transformers: list, config) -> CacheMonitor:
+    """Enable the cache `config.cache` names (a PruneConfig) on every denoiser, outside any vidprune hooks."""
     from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     if config.cache == "fbcache":
-        return CacheMonitor(transformer, "fbcache", FirstBlockCacheConfig(threshold=config.fbcache_threshold))
+        return CacheMonitor(transformers, "fbcache", FirstBlockCacheConfig(threshold=config.fbcache_threshold))
     if config.cache == "taylorseer":
         # lite mode: the default patterns (`^blocks.*attn`, fullmatch) hook nothing on Wan, whose modules are
         # `blocks.N.attn1`; lite predicts `proj_out` and lets the blocks return zeros on predicted steps
         taylor = TaylorSeerCacheConfig(
             cache_interval=config.taylorseer_interval,
             disable_cache_before_step=TAYLORSEER_DENSE_STEPS,
-            taylor_factors_dtype=next(transformer.parameters()).dtype,
+            taylor_factors_dtype=next(transformers[0].parameters()).dtype,
             use_lite_mode=True,
         )
-        return CacheMonitor(transformer, "taylorseer", taylor)
+        return CacheMonitor(transformers, "taylorseer", taylor)
     if config.cache == "pab":
         monitor = None
         pab = PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=config.pab_skip,
             current_timestep_callback=lambda: monitor.timestep,
         )
-        monitor = CacheMonitor(transformer, "pab", pab)
+        monitor = CacheMonitor(transformers, "pab", pab)
         return monitor
     raise ValueError(f"unknown cache {config.cache!r}; choose from {', '.join(CACHES)}")

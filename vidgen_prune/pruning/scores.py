@@ -7,12 +7,10 @@ small; the attention_received op never holds it whole in memory on the Triton pa
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..kernels.attention_score import attention_received
-from ..models import ModelAdapter, TokenGrid
+from ..models import BlockCall, ModelAdapter, TokenGrid
 
 
 def strided_positions(num_tokens: int, max_count: int, device: torch.device) -> torch.Tensor | None:
@@ -23,20 +21,23 @@ def strided_positions(num_tokens: int, max_count: int, device: torch.device) -> 
 
 
 class ScoreProbe:
-    """Lazily scores the input tokens of one block call; a pruner asks only at the layers where it selects."""
+    """Lazily scores the video tokens entering one block call; a pruner asks only at the layers where it selects."""
 
     def __init__(
         self,
         adapter: ModelAdapter,
         block: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        block_args: tuple[Any, ...],
+        call: BlockCall,
         grid: TokenGrid,
         max_queries: int,
         backend: str,
     ):
-        self.adapter, self.block, self.hidden_states, self.block_args = adapter, block, hidden_states, block_args
+        self.adapter, self.block, self.call = adapter, block, call
         self.grid, self.max_queries, self.backend = grid, max_queries, backend
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        return self.call.hidden_states  # (B, N, D) video tokens
 
     @torch.no_grad()
     def attention(self, positions: torch.Tensor | None = None, frame_local: bool = False) -> torch.Tensor:
@@ -45,11 +46,9 @@ class ScoreProbe:
         frame_local: queries and keys restricted to the token's own frame (per-frame scoring, as EViT on each
         frame); then `positions` must hold the same number of tokens in every frame.
         """
-        hidden, args = self.hidden_states, self.block_args
-        if positions is not None:
-            hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, D)
-            args = self.adapter.gather_block_args(positions, args)
-        batch, tokens = hidden.shape[:2]
+        hidden = self.hidden_states
+        batch = hidden.shape[0]
+        tokens = hidden.shape[1] if positions is None else positions.shape[1]
         groups = self.grid.frames if frame_local else 1
         per_group = tokens // groups
         group_queries = strided_positions(per_group, max(1, self.max_queries // groups), hidden.device)
@@ -57,7 +56,8 @@ class ScoreProbe:
         if group_queries is not None:
             offsets = torch.arange(groups, device=hidden.device).unsqueeze(1) * per_group  # (G, 1)
             query_index = (offsets + group_queries).flatten().expand(batch, -1)  # (B, G·Sq)
-        query, key = self.adapter.query_key(self.block, hidden, args, query_index)  # (B, h, G·Sq, d), (B, h, K, d)
+        # (B, h, G·Sq, d), (B, h, K, d)
+        query, key = self.adapter.query_key(self.block, self.call, positions, query_index)
         tokens_per_frame = per_group if frame_local else None
         return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=self.backend)  # (B, K)
 
