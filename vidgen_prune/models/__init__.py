@@ -115,15 +115,32 @@ def _read_local_json(folder: Path, name: str) -> dict:
     return _parse_json(path.read_bytes(), f"{folder}/{name}")
 
 
-def _read_hub_json(repo: str, name: str) -> dict:
-    try:
-        from huggingface_hub import hf_hub_download
+_HUB_ERRORS = {  # huggingface_hub's exception → what it means for --model
+    "GatedRepoError": "the repository is gated: log in with `hf auth login` and accept its licence",
+    "RepositoryNotFoundError": "no such repository on the hub (or it is private)",
+    "RevisionNotFoundError": "no such revision on the hub",
+    "EntryNotFoundError": "the repository has no such file: not a diffusers pipeline",
+    "LocalEntryNotFoundError": "the hub cannot be reached and the file is not in the local cache",
+}
 
+
+def _read_hub_json(repo: str, name: str) -> dict:
+    """A JSON file of a hub repository (the local cache first), with the hub client's own log lines kept quiet."""
+    import logging
+
+    from huggingface_hub import hf_hub_download
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would make the refusal several lines
+    try:
         path = hf_hub_download(repo, name)
     except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot use this id"
-        reason = " ".join(str(error).split())[:160]
-        raise ValueError(f"--model {repo}: not a local folder, and the hub could not provide its {name} "
-                         f"({type(error).__name__}: {reason})") from None
+        reason = _HUB_ERRORS.get(type(error).__name__, f"{type(error).__name__}: {' '.join(str(error).split())[:120]}")
+        raise ValueError(f"--model {repo}: not a local folder, and its {name} could not be had from the hub "
+                         f"({reason})") from None
+    finally:
+        hub_logger.setLevel(level)
     return _parse_json(Path(path).read_bytes(), f"{repo}/{name}")
 
 
