@@ -95,7 +95,8 @@ def test_malformed_lines_are_reported_by_number_and_nothing_runs(tiny_model_dir,
     out_dir = tmp_path / "out"
     line = one_error_line(run("--prompts", prompts, "--out-dir", out_dir, "--model", tiny_model_dir, *TINY))
     for fragment in ("line 2: not valid JSON", "line 3: unknown override 'colour'", "line 4: seed must be an integer",
-                     "line 5: Wan: --frames must be 4k+1", 'line 6: needs a non-empty "prompt"', "line 7: expected a JSON"):
+                     "line 5: Wan: --frames must be 4k+1", 'line 6: needs a non-empty "prompt"',
+                     "line 7: expected a JSON"):
         assert fragment in line, line
     assert "line 1:" not in line and "line 8:" not in line
     assert not out_dir.exists()  # refused before any compute or output

@@ -171,3 +171,24 @@ def test_profile_times_transformer_steps_with_kernels_and_compile(tmp_path, monk
     assert tape["kept_fraction"] == pytest.approx(0.7, abs=0.02) and tape["psnr"] is None
     assert tape["flop_bound_speedup"] > 1.0 and tome["flop_bound_speedup"] > 1.0
     assert all(record["mode"] == "profile:tiny-test" for record in result.records)
+
+
+@torch.no_grad()
+def test_the_meta_device_gives_the_flop_bound_of_a_real_run(tmp_path, monkeypatch):
+    """`--device meta` runs the real-size architecture as shapes only: its kept fractions and FLOP bounds are those
+    of the same profile computed for real on the CPU, and it times nothing."""
+    monkeypatch.setitem(WanAdapter.profiles, "tiny-test", TINY_PROFILE)
+    records = {}
+    for device in ("cpu", "meta"):
+        spec = make_spec(
+            None, dict(methods=["dense", "tape", "evit", "tome", "stavit"], reductions=[0.3], profile="tiny-test",
+                       warmup=0),
+            dict(steps=5, device=device), dict(reselect_every=3, kernels="torch"), preset="tiny-wan",
+        )
+        records[device] = Bench(spec, tmp_path / device).run(None).records
+    for real, shapes in zip(records["cpu"], records["meta"]):
+        assert shapes["kept_fraction"] == real["kept_fraction"] and shapes["tflops"] == real["tflops"]
+        assert shapes["flop_bound_speedup"] == pytest.approx(real["flop_bound_speedup"])
+        assert shapes["transformer_s"] is None and real["transformer_s"] > 0
+    with pytest.raises(ValueError, match="--device meta .* needs --profile"):
+        make_spec(None, dict(methods=["dense"]), dict(device="meta"), {}, None)

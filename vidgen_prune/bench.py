@@ -114,6 +114,8 @@ class BenchSpec:
             for reduction in self.reductions if entry.spends_budget else (0.0,):
                 self.prune_config(entry, reduction)
         if self.profile is None:
+            if self.gen.device == "meta":
+                raise ValueError("--device meta (the FLOP bound without weights) needs --profile")
             if self.e2e:
                 raise ValueError("--e2e belongs to --profile (a quality bench always decodes)")
             if not self.prompts:
@@ -121,6 +123,8 @@ class BenchSpec:
             return
         if self.profile not in profiles():
             raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(profiles())}")
+        if self.gen.device == "meta" and (self.compile or self.e2e):
+            raise ValueError("--device meta computes shapes and FLOPs only: drop --compile and --e2e")
         asked = sorted(set(self.metrics) & set(QUALITY_METRICS))
         if asked:
             raise ValueError(f"--profile times random-weight transformers, so quality metrics ({', '.join(asked)}) "
@@ -342,7 +346,7 @@ def aggregate(records: list[dict], spec: BenchSpec) -> list[dict]:
 
 
 def _mean_ratio(paired: list[tuple[dict, dict]], name: str) -> float | None:
-    if not paired:
+    if not paired or any(record[name] is None for pair in paired for record in pair):  # meta: nothing timed
         return None
     return statistics.fmean(d[name] for d, _ in paired) / statistics.fmean(r[name] for _, r in paired)
 
@@ -492,6 +496,7 @@ class Bench:
         prune = spec.prune_config(key.entry, key.reduction or 0.0)
         timesteps = torch.linspace(999, 1, steps).tolist()
         device = next(transformer.parameters()).device
+        shapes_only = device.type == "meta"  # shapes and FLOPs, no arithmetic: nothing to time
         adapter = profiles()[spec.profile][0]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -502,15 +507,16 @@ class Bench:
                 # a cache's state (residuals, Taylor factors) belongs to one sequence of steps
                 HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
                 times = []
-                for t in timesteps:
+                for step, t in enumerate(timesteps):
                     timestep = adapter.profile_timestep(t, device)
+                    controller.set_step(step)  # no timestep values to count on the meta device
                     with transformer.cache_context("cond"):
                         times.append(_timed(lambda: transformer(timestep=timestep, **inputs), device))
                 return times
 
-            for _ in range(spec.warmup):
+            for _ in range(0 if shapes_only else spec.warmup):
                 sequence()
-            runs = [sequence() for _ in range(spec.repeats)]
+            runs = [sequence() for _ in range(1 if shapes_only else spec.repeats)]
             log, calls = controller.log, controller.log.forwards
             compute_fraction = controller.cache.compute_fraction if controller.cache else None
             tokens = controller.grid.num_tokens
@@ -520,12 +526,17 @@ class Bench:
         total = statistics.median(sum(run) for run in runs)
         record = self._base_record(key, prune, gen.device)
         record.update(
-            mode=f"profile:{spec.profile}", total_s=total, transformer_s=total, transformer_step_ms=1000 * per_forward,
-            tokens_per_s=tokens / per_forward, timing_runs_s=[sum(run) for run in runs], tokens_per_forward=tokens,
-            transformer_calls=calls, kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
+            mode=f"profile:{spec.profile}", tokens_per_forward=tokens, transformer_calls=calls,
+            kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
             cache_compute_fraction=compute_fraction, tflops=log.flops / 1e12,
-            flop_bound_speedup=log.dense_flops / log.flops, peak_memory_mb=_peak_memory_mb(device),
+            flop_bound_speedup=log.dense_flops / log.flops,
         )
+        if not shapes_only:
+            record.update(
+                total_s=total, transformer_s=total, transformer_step_ms=1000 * per_forward,
+                tokens_per_s=tokens / per_forward, timing_runs_s=[sum(run) for run in runs],
+                peak_memory_mb=_peak_memory_mb(device),
+            )
         return record
 
     # --------------------------------------------------------------------------------------------- bookkeeping
@@ -595,7 +606,8 @@ def build_profile_transformer(profile: str, device, dtype):
 
     adapter, spec = profiles()[profile]
     torch.backends.cuda.matmul.allow_tf32 = True
-    transformer = getattr(diffusers, adapter.transformer_classes[0])(**spec.config).to(device).eval()
+    with torch.device(device):  # built in place: a 13B model never passes through host memory (meta: no memory)
+        transformer = getattr(diffusers, adapter.transformer_classes[0])(**spec.config).eval()
     keep_float32 = set(transformer._keep_in_fp32_modules or ())
     for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
         if keep_float32.isdisjoint(name.split(".")) and tensor.is_floating_point():
@@ -729,13 +741,14 @@ def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
     methods = list(dict.fromkeys(row["method"] for row in aggregates if row["method"] != "dense"))
     for axis, (name, label) in zip(axes[0], panels):
         for method in methods:
-            rows = [r for r in aggregates if r["method"] == method and r.get(name) is not None and r["speedup"]]
+            rows = [r for r in aggregates
+                    if r["method"] == method and r.get(name) is not None and (profile or r["speedup"])]
             if not rows:
                 continue
             x = [r["reduction"] or 0.0 for r in rows] if profile else [r["speedup"] for r in rows]
             y = [r[name] for r in rows]
             axis.plot(x, y, marker="o", label=method)
-            if profile:
+            if profile and all(r["speedup"] for r in rows):  # the meta device times nothing
                 axis.plot(x, [r["speedup"] for r in rows], marker="x", linestyle="--", label=f"{method} measured")
         axis.set_xlabel("token reduction r" if profile else "speedup vs dense (total latency) ×")
         axis.set_ylabel("speedup ×" if profile else label)

@@ -177,8 +177,9 @@ def _generate_batch(
         info = inspect_model(generate_flags["model"])
 
         def item_configs(item_generate_flags: dict, item_prune_flags: dict):
-            gen, prune, preset_name = build_configs(generate_flags | item_generate_flags, prune_flags | item_prune_flags,
-                                                    preset)
+            gen, prune, preset_name = build_configs(
+                generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset
+            )
             check_model(gen, [prune], info)
             return gen, prune, preset_name
 

@@ -66,6 +66,7 @@ class PruneController:
         self.cache = None  # the diffusers cache composed with this pruner (vidgen_prune.api adds one)
         self.record_masks = False
         self.transformer_s, self.grid, self.denoiser = 0.0, None, 0
+        self.forced_step: int | None = None
         self.begin()
 
     def begin(self, num_steps: int | None = None, record_masks: bool | None = None) -> None:
@@ -82,10 +83,18 @@ class PruneController:
         """The pipeline call is over: the log stays readable; the next forward counts from step 0 again."""
         self.step, self._last_timestep = -1, None
 
+    def set_step(self, step: int | None) -> None:
+        """Drive the step counter by hand: every forward until the next call runs as step `step` (a sampler that
+        knows its step, a dry run on the meta device that has no timestep values); None: count timestep changes."""
+        self.forced_step = step
+
     def start_forward(self, denoiser: int, args: tuple, kwargs: dict) -> None:
-        timestep_value = float(self.adapter.timestep(args, kwargs).max())
-        if timestep_value != self._last_timestep:
-            self.step, self._last_timestep = self.step + 1, timestep_value
+        if self.forced_step is not None:
+            self.step = self.forced_step
+        else:
+            timestep_value = float(self.adapter.timestep(args, kwargs).max())
+            if timestep_value != self._last_timestep:
+                self.step, self._last_timestep = self.step + 1, timestep_value
         self.call += 1
         self.denoiser = denoiser
         transformer = self.denoisers[denoiser]

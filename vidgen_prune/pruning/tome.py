@@ -35,8 +35,9 @@ def window_destinations(grid: TokenGrid, device: torch.device) -> torch.Tensor:
 def merge_plan(hidden: torch.Tensor, grid: TokenGrid, keep: int) -> TokenPlan:
     """ToMe's merge/unmerge for `hidden` (B, N, D): `keep` rows computed, the other tokens merged into them."""
     batch, tokens, dim = hidden.shape
-    is_destination = window_destinations(grid, hidden.device)  # (S,)
-    dst_sites, src_sites = is_destination.nonzero().squeeze(1), (~is_destination).nonzero().squeeze(1)
+    is_destination = window_destinations(grid, torch.device("cpu"))  # (S,); on the host: meta tensors have no values
+    dst_sites = is_destination.nonzero().squeeze(1).to(hidden.device)  # (Sb,)
+    src_sites = (~is_destination).nonzero().squeeze(1).to(hidden.device)  # (Sa,)
     merges = tokens - keep
     if not 0 <= merges <= grid.frames * len(src_sites):
         raise ValueError(f"tome: cannot merge {merges} of {tokens} tokens with {len(dst_sites)} destinations/frame")
