@@ -457,7 +457,7 @@ class Bench:
         if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
             record.update(video_fidelity(reference, first.frames))
         if wants_masks:
-            record["mask_iou"] = mask_iou(first.masks, _grid_of(pipe, gen))
+            record["mask_iou"] = mask_iou(first.masks, first.grid)
         if "adherence" in self.spec.metrics:
             record.update(adherence(first.frames, gen.prompt))
         return record, first.frames
@@ -477,7 +477,7 @@ class Bench:
         if spec.compile:
             compile_blocks(adapter.blocks(transformer))
         inputs = adapter.profile_inputs(transformer, profile, spec.latent, device, dtype)
-        decode_s = time_vae_decode(inputs["hidden_states"], spec) if spec.e2e else None
+        decode_s = time_vae_decode(adapter.profile_decode(profile, spec.latent, device), spec) if spec.e2e else None
         for key in todo:
             record = self._profile_one(transformer, inputs, key)
             record["decode_s"] = decode_s
@@ -572,16 +572,6 @@ def _blocks(transformer):
     return adapter_for(transformer).blocks(transformer)
 
 
-def _grid_of(pipe, gen: GenerateConfig):
-    """Latent token grid of a generation of `gen`'s size (VAE compression, then the transformer's patch)."""
-    from .models import TokenGrid
-
-    p_t, p_h, p_w = pipe.transformer.config.patch_size
-    latent_frames = (gen.frames - 1) // pipe.vae_scale_factor_temporal + 1
-    return TokenGrid(latent_frames // p_t, gen.height // pipe.vae_scale_factor_spatial // p_h,
-                     gen.width // pipe.vae_scale_factor_spatial // p_w)
-
-
 def _timed(fn, device) -> float:
     """Seconds one call of `fn` takes: CUDA events on a GPU, the wall clock elsewhere."""
     import torch
@@ -615,17 +605,15 @@ def build_profile_transformer(profile: str, device, dtype):
     return transformer
 
 
-def time_vae_decode(latents, spec: BenchSpec) -> float:
-    """Median seconds of a real-size (Wan2.1 VAE, random weights) decode of `latents`, float32 as Wan runs it."""
+def time_vae_decode(decode: Callable, spec: BenchSpec) -> float:
+    """Median seconds of `decode()` (a real-size random-weight VAE decode, see ModelAdapter.profile_decode)."""
     import torch
-    from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan().to(latents.device).eval()  # the default config is Wan2.1's VAE, float32
+    device = torch.device(spec.gen.device)
     with torch.no_grad():
-        decode = lambda: vae.decode(latents.float(), return_dict=False)  # noqa: E731
         for _ in range(spec.warmup):
             decode()
-        return statistics.median(_timed(decode, latents.device) for _ in range(spec.repeats))
+        return statistics.median(_timed(decode, device) for _ in range(spec.repeats))
 
 
 def compile_blocks(blocks) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .config import GenerateConfig, PruneConfig
-from .models import denoisers
+from .models import TokenGrid, denoisers
 from .pruning import make_pruner
 from .pruning.caches import apply_cache
 from .pruning.hooks import apply_pruner, remove_pruner
@@ -64,6 +64,7 @@ class GenerationResult:
     dense_flops: float = 0.0  # the same forwards with every block at every token
     denoiser_calls: list[int] = field(default_factory=list)  # forwards of each denoiser (A14B: two experts)
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
+    grid: TokenGrid | None = None  # the video tokens of a forward
 
     @property
     def frames_per_s(self) -> float:
@@ -173,6 +174,7 @@ def generate(
         dense_flops=log.dense_flops,
         denoiser_calls=[log.per_denoiser.get(index, 0) for index in range(len(controller.denoisers))],
         masks=log.masks,
+        grid=controller.grid,
     )
 
 

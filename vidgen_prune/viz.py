@@ -37,10 +37,9 @@ class TokenGeometry:
 
     @classmethod
     def of(cls, pipe) -> TokenGeometry:
-        p_t, p_h, p_w = pipe.transformer.config.patch_size
-        if p_h != p_w:
-            raise ValueError(f"square patches expected, got {p_h}x{p_w}")
-        return cls(pipe.vae_scale_factor_temporal, p_t, pipe.vae_scale_factor_spatial * p_h)
+        from .models import adapter_for, denoisers
+
+        return cls(*adapter_for(denoisers(pipe)[0]).token_geometry(pipe))
 
     def grid(self, frames: int, height: int, width: int) -> TokenGrid:
         latent_frames = (frames - 1) // self.temporal_factor + 1
@@ -109,9 +108,10 @@ class MaskView:
 def check_position(pipe, gen: GenerateConfig, layer: int, step: int) -> None:
     """Refuse (ValueError), before any compute, a block or step the generation does not have, or a video too
     short for adjacent latent frames."""
-    from .models import adapter_for
+    from .models import adapter_for, denoisers
 
-    num_layers = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+    transformer = denoisers(pipe)[0]
+    num_layers = len(adapter_for(transformer).blocks(transformer))
     if not 0 <= layer < num_layers:
         raise ValueError(f"--layer must be in [0, {num_layers}) for this model, got {layer}")
     if not 0 <= step < gen.steps:

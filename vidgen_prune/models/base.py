@@ -204,6 +204,11 @@ class ModelAdapter:
         """Analytic FLOPs of block `layer` computing `kept` of `tokens` video tokens (see metrics.flops)."""
         raise NotImplementedError
 
+    def token_geometry(self, pipe) -> tuple[int, int, int]:
+        """How a token maps onto decoded pixels: (pixel frames per latent frame after the first, latent frames per
+        token, pixels per token side)."""
+        raise NotImplementedError
+
     def fused_skip(self, block: torch.nn.Module) -> Callable | None:
         """A fused token-skip forward `(hidden (B, N, D), index (B, K), call) → the block's output` that may update
         hidden in place, or None when the family has none."""
@@ -221,6 +226,10 @@ class ModelAdapter:
     def profile_timestep(self, t: float, device) -> torch.Tensor:
         """The timestep argument of a profiled forward at noise level `t` (0..1000)."""
         return torch.tensor([t], device=device)
+
+    def profile_decode(self, profile: Profile, latent: tuple[int, int, int], device) -> Callable[[], Any]:
+        """A real-size, random-weight VAE decode of a `latent`-sized video, as the pipeline runs it (`--e2e`)."""
+        raise NotImplementedError
 
     def profile_inputs(self, transformer: torch.nn.Module, profile: Profile, latent: tuple[int, int, int], device,
                        dtype) -> dict:

@@ -105,6 +105,12 @@ class WanAdapter(ModelAdapter):
         return block_flops(tokens, dim=self.hidden_width(transformer), ffn_dim=config.ffn_dim,
                            text_tokens=text_tokens, kept=kept)
 
+    def token_geometry(self, pipe) -> tuple[int, int, int]:
+        p_t, p_h, p_w = pipe.transformer.config.patch_size
+        if p_h != p_w:
+            raise ValueError(f"square patches expected, got {p_h}x{p_w}")
+        return pipe.vae_scale_factor_temporal, p_t, pipe.vae_scale_factor_spatial * p_h
+
     def fused_skip(self, block: torch.nn.Module) -> Callable | None:
         from .wan_fused import fused_skip_forward
 
@@ -150,6 +156,13 @@ class WanAdapter(ModelAdapter):
             encoder_hidden_states=torch.randn(1, profile.text_tokens, config.text_dim, device=device, dtype=dtype),
             return_dict=False,
         )
+
+    def profile_decode(self, profile: Profile, latent, device) -> Callable:
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan().to(device).eval()  # the default config is Wan2.1's VAE, run in float32
+        latents = torch.randn(1, vae.config.z_dim, *latent, device=device)
+        return lambda: vae.decode(latents, return_dict=False)
 
     @staticmethod
     def _patch(info: ModelInfo) -> tuple[int, int, int]:
