@@ -27,7 +27,7 @@ from typing import Callable
 
 from .config import GenerateConfig, PruneConfig
 from .models import profiles
-from .pruning import METHODS
+from .pruning import MERGING, METHODS
 from .pruning.caches import CACHES
 
 # ----------------------------------------------------------------------------------------------------- spec
@@ -44,16 +44,19 @@ SPEC_KEYS = (
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """One bench column: a pruning method, a diffusers cache, or a pruner composed with a cache."""
+    """One bench column: a pruning method (with a restoration: `tape@similar`), a diffusers cache, or a pruner
+    composed with a cache (`tape+taylorseer`, `tape@neighbours+taylorseer`)."""
 
     pruner: str
     cache: str | None = None
+    restore: str | None = None  # None: the spec's prune.restore
 
     @property
     def name(self) -> str:
+        pruner = self.pruner if self.restore is None else f"{self.pruner}@{self.restore}"
         if self.cache is None:
-            return self.pruner
-        return self.cache if self.pruner == "dense" else f"{self.pruner}+{self.cache}"
+            return pruner
+        return self.cache if self.pruner == "dense" else f"{pruner}+{self.cache}"
 
     @property
     def spends_budget(self) -> bool:
@@ -61,15 +64,19 @@ class MethodEntry:
 
     @classmethod
     def parse(cls, text: str) -> MethodEntry:
+        from .pruning.restore import RESTORES
+
         parts = [part.strip() for part in text.split("+")]
         if len(parts) == 1 and parts[0] in CACHES:
             return cls("dense", parts[0])
-        if len(parts) > 2 or parts[0] not in METHODS or (len(parts) == 2 and parts[1] not in CACHES):
+        pruner, _, restore = parts[0].partition("@")
+        if (len(parts) > 2 or pruner not in METHODS or (len(parts) == 2 and parts[1] not in CACHES)
+                or (restore and restore not in RESTORES)):
             raise ValueError(
-                f"unknown bench method {text!r}: use a pruner ({', '.join(METHODS)}), a cache ({', '.join(CACHES)}) "
-                "or pruner+cache"
+                f"unknown bench method {text!r}: use a pruner ({', '.join(METHODS)}), optionally @restore "
+                f"({', '.join(RESTORES)}), a cache ({', '.join(CACHES)}) or pruner+cache"
             )
-        return cls(parts[0], parts[1] if len(parts) == 2 else None)
+        return cls(pruner, parts[1] if len(parts) == 2 else None, restore or None)
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,8 @@ class BenchSpec:
         return [MethodEntry.parse(method) for method in self.methods]
 
     def prune_config(self, entry: MethodEntry, reduction: float) -> PruneConfig:
-        return replace(self.prune, method=entry.pruner, reduction=reduction, cache=entry.cache)
+        restore = entry.restore or (self.prune.restore if entry.pruner not in MERGING else "none")
+        return replace(self.prune, method=entry.pruner, reduction=reduction, cache=entry.cache, restore=restore)
 
     def runs(self) -> list[RunKey]:
         """Every record of the bench in run order: per prompt and seed, dense first, then each method × reduction."""
@@ -277,7 +285,7 @@ def check_budgets(spec: BenchSpec, pipe) -> None:
 # ----------------------------------------------------------------------------------------------- record fields
 
 RUN_FIELDS = (
-    "method", "pruner", "cache", "reduction", "prompt", "seed", "mode", "device",
+    "method", "pruner", "restore", "cache", "reduction", "prompt", "seed", "mode", "device",
     "total_s", "transformer_s", "transformer_step_ms", "decode_s", "frames_per_s", "tokens_per_s", "timing_runs_s",
     "tokens_per_forward", "transformer_calls", "kept_fraction", "block_fraction", "cache_compute_fraction",
     "tflops", "flop_bound_speedup", "peak_memory_mb",
@@ -549,7 +557,8 @@ class Bench:
 
     def _base_record(self, key: RunKey, prune: PruneConfig, device: str) -> dict:
         record = dict.fromkeys(RUN_FIELDS)
-        record.update(method=key.method, pruner=prune.method, cache=prune.cache, reduction=key.reduction,
+        record.update(method=key.method, pruner=prune.method, restore=prune.restore, cache=prune.cache,
+                      reduction=key.reduction,
                       prompt=key.prompt or None, seed=key.seed, device=device_name(device))
         return record
 

@@ -29,10 +29,12 @@ class PruneConfig:
     pab_skip: int = 2  # PyramidAttentionBroadcast: recompute self-attention every N-th call for t in (100, 800)
     taylorseer_interval: int = 5  # TaylorSeer: a full forward every N steps after 3 dense ones, predicted between
     router: str | None = None  # `--method router`: folder written by train-router; None = the embedded model's
+    restore: str = "none"  # skipped tokens' update: none | similar (best-matching kept token) | neighbours (3×3×3)
 
     def __post_init__(self):
         from .pruning import METHODS
         from .pruning.schedule import SCHEDULES
+
 
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
@@ -52,6 +54,14 @@ class PruneConfig:
             raise ValueError(f"evit_layers are depth fractions in (0, 1), got {self.evit_layers}")
         if self.kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"--kernels must be auto, triton or torch, got {self.kernels!r}")
+        from .pruning import MERGING
+        from .pruning.restore import RESTORES
+
+        if self.restore not in RESTORES:
+            raise ValueError(f"unknown --restore {self.restore!r}; choose from {', '.join(RESTORES)}")
+        if self.restore != "none" and self.method in MERGING:
+            raise ValueError(f"--restore is for methods that skip tokens; {self.method} merges them, and every merged "
+                             "token already receives its group's update")
         if self.router is not None:
             if self.method != "router":
                 raise ValueError(f"--router needs --method router (got --method {self.method})")

@@ -30,6 +30,11 @@ ReselectEvery = Annotated[Optional[int], typer.Option(help="TAPE: dense rescorin
 Schedule = Annotated[Optional[str], typer.Option(help="TAPE timestep budget: highlow, constant or lowhigh.")]
 ScheduleDelta = Annotated[Optional[float], typer.Option(help="HighLow/LowHigh swing δ around the mean rate.")]
 Kernels = Annotated[Optional[str], typer.Option(help="auto (Triton on CUDA), triton or torch.")]
+Restore = Annotated[
+    Optional[str],
+    typer.Option(help="Skipped tokens' update: none, similar (best-matching kept token of the frame) or neighbours "
+                      "(mean of the kept 3×3×3 space-time neighbours)."),
+]
 RouterDir = Annotated[
     Optional[str], typer.Option(help="--method router: a train-router output folder; default: the embedded model's.")
 ]

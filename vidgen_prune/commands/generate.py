@@ -27,6 +27,7 @@ from .common import (
     PromptsFile,
     Reduction,
     ReselectEvery,
+    Restore,
     RouterDir,
     Schedule,
     ScheduleDelta,
@@ -73,6 +74,7 @@ def generate(
     schedule: Schedule = None,
     schedule_delta: ScheduleDelta = None,
     kernels: Kernels = None,
+    restore: Restore = None,
     router: RouterDir = None,
     device: Device = "cpu",
     dtype: Dtype = "float32",
@@ -92,7 +94,7 @@ def generate(
     )
     prune_flags = dict(
         method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
-        schedule_delta=schedule_delta, kernels=kernels, router=router,
+        schedule_delta=schedule_delta, kernels=kernels, router=router, restore=restore,
     )
     with bad_input():
         is_batch = _is_batch(prompt, prompts, out, out_dir)

@@ -21,6 +21,7 @@ from .common import (
     Preset,
     Prompt,
     Reduction,
+    Restore,
     Seed,
     Steps,
     Verbose,
@@ -46,6 +47,7 @@ def visualize_masks(
     method: Method = "tape",
     compare: Compare = None,
     reduction: Reduction = 0.3,
+    restore: Restore = None,
     model: Model = None,
     steps: Steps = None,
     frames: Frames = None,
@@ -69,7 +71,13 @@ def visualize_masks(
         seed=seed, fps=fps, device=device, dtype=dtype,
     )
     with bad_input():
-        configs = [build_configs(generate_flags, dict(method=name, reduction=reduction), preset) for name in methods]
+        from ..pruning import MERGING
+
+        configs = [
+            build_configs(generate_flags, dict(method=name, reduction=reduction,
+                                               restore=None if name in MERGING else restore), preset)
+            for name in methods
+        ]
         gen, prunes = configs[0][0], [prune for _, prune, _ in configs]
         png = out or Path(f"vidprune_masks_{'_'.join(methods)}_layer{layer}_step{step}.png")
         if png.suffix.lower() != ".png":

@@ -18,6 +18,8 @@ METHODS: dict[str, str] = {
     "router": "router:RouterPruner",
 }
 
+MERGING = ("tome",)  # methods that merge tokens (each already gets its group's update): no restoration
+
 
 def make_pruner(config):
     """The pruner `config.method` names, built from `config` (a PruneConfig)."""

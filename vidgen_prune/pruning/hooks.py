@@ -22,8 +22,10 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..kernels.dispatch import resolve_backend
+from ..metrics.flops import restore_flops
 from ..models import BlockCall, ModelAdapter, adapter_for
 from .base import ForwardInfo, Pruner
+from .restore import Restorer
 from .scores import ScoreProbe
 
 TRANSFORMER_HOOK = "vidprune_forward"
@@ -76,6 +78,7 @@ class PruneController:
         self.step, self.call, self._last_timestep = -1, -1, None
         self.log = KeptTokenLog(masks=[] if self.record_masks else None)
         self.transformer_s = 0.0
+        self.restorer = Restorer(self.pruner.config.restore)
 
     reset = begin  # the name code that drives a transformer by hand (bench profile, router training) uses
 
@@ -125,7 +128,8 @@ class PruneController:
         self._account(layer, tokens if plan is None else plan.kept, tokens, plan)
         if plan is None:
             return original_forward(*args, **kwargs)
-        fused = self.adapter.fused_skip(block) if plan.is_skip and self.backend == "triton" else None
+        restoring = self.restorer.enabled and plan.passes_through
+        fused = self.adapter.fused_skip(block) if plan.is_skip and self.backend == "triton" and not restoring else None
         if fused is not None:
             # the fused path updates its input in place: safe when only the transformer loop, which rebinds
             # hidden_states to each block's output, holds it; another hook on the block (a cache) may read it
@@ -134,7 +138,12 @@ class PruneController:
             return fused(hidden_states, plan.positions, call)  # the block's output
         rows = plan.gather(hidden_states)  # (B, K, D)
         rows_out, output = call.run(original_forward, rows, plan.positions)
-        return call.with_video(output, plan.scatter(hidden_states, rows, rows_out))  # video stream (B, N, D)
+        video = plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
+        if restoring:
+            video = self.restorer.apply(video, rows, hidden_states, plan.positions, self.grid)  # (B, N, D)
+            self.log.flops += restore_flops(self.restorer.mode, tokens, plan.kept, hidden_states.shape[2],
+                                            self.grid.tokens_per_frame, self.restorer.rematched)
+        return call.with_video(output, video)
 
     def _account(self, layer: int, kept: int, tokens: int, plan) -> None:
         log = self.log

@@ -21,6 +21,7 @@ class TokenPlan:
     gather: Callable[[torch.Tensor], torch.Tensor]  # (B, N, D) → (B, K, D)
     scatter: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (full, rows_in, rows_out) → full
     is_skip: bool = False  # plain token skip: fused kernels may replace gather → block → scatter
+    passes_through: bool = False  # tokens outside `positions` leave the block unchanged (restoration may add to them)
 
     @property
     def kept(self) -> int:
@@ -39,4 +40,4 @@ def skip_plan(index: torch.Tensor) -> TokenPlan:
     def scatter(hidden: torch.Tensor, rows_in: torch.Tensor, rows_out: torch.Tensor) -> torch.Tensor:
         return hidden.scatter(1, expanded(hidden), rows_out)  # (B, N, D)
 
-    return TokenPlan(index, gather, scatter, is_skip=True)
+    return TokenPlan(index, gather, scatter, is_skip=True, passes_through=True)

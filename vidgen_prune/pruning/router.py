@@ -241,7 +241,8 @@ def gated_plan(positions: torch.Tensor, gate: torch.Tensor) -> TokenPlan:
         rows = rows_in + gate.unsqueeze(-1).to(rows_in.dtype) * (rows_out - rows_in)  # (B, K, D)
         return skip.scatter(hidden, rows_in, rows)  # (B, N, D)
 
-    return TokenPlan(positions, skip.gather, scatter)  # not is_skip: a fused skip kernel would drop the gate
+    # not is_skip: a fused skip kernel would drop the gate; the tokens outside `positions` still pass through
+    return TokenPlan(positions, skip.gather, scatter, passes_through=True)
 
 
 class RouterPruner(Pruner):
