@@ -248,6 +248,8 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     preset = preset or (profile if profile in PROFILES else default_preset(generate_values.get("model")))
     preset_values = load_preset(preset) if preset else None
     gen_values = merged("generate", preset_values, generate_values)
+    if "out" in gen_values:
+        raise ValueError("generate.out names one video; a bench writes its results into --out")
     prune_values = merged("prune", preset_values, {**data.get("prune", {}), **_given(prune_flags)})
     values = _axes_from_settings(values, gen_values, prune_values, quality=not profile)
     if profile:  # the profile's own latent and step count, not the preset's 50-step 81-frame generation

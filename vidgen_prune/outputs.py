@@ -9,6 +9,7 @@ exited cleanly and the file decodes back to the frame count and size it was give
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -180,16 +181,26 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
         input=np.ascontiguousarray(frames).tobytes(), capture_output=True,
     )
     if encoded.returncode != 0:
-        raise OutputError(path, f"ffmpeg: {_last_line(encoded.stderr)}")
+        raise OutputError(path, f"ffmpeg: {_ffmpeg_reason(encoded.stderr)}")
     decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                              capture_output=True)
     got = len(decoded.stdout) / (height * width * 3)
     if decoded.returncode != 0 or decoded.stderr.strip() or got != count:
-        problem = _last_line(decoded.stderr) if decoded.stderr.strip() else f"{got:g} of {count} frames"
+        problem = _ffmpeg_reason(decoded.stderr) if decoded.stderr.strip() else f"{got:g} of {count} frames"
         raise OutputError(path, f"the written MP4 does not decode ({problem})")
 
 
-def _last_line(stderr: bytes) -> str:
-    """ffmpeg's last message without its `[component @ 0x...]` prefix, e.g. "No space left on device"."""
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-    return re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]) if lines else "failed without a message"
+def _ffmpeg_reason(stderr: bytes) -> str:
+    """Why ffmpeg failed, in a few words: the operating system's error when it names one ("No space left on
+    device", which it follows with lines about empty streams), else its first message without the
+    `[component @ 0x...]` prefix."""
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", line.strip()) for line in stderr.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        for reason in _OS_ERRORS:
+            if line.endswith(reason):
+                return reason
+    return lines[0] if lines else "failed without a message"
+
+
+_OS_ERRORS = sorted({os.strerror(code) for code in errno.errorcode}, key=len, reverse=True)

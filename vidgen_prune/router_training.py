@@ -124,7 +124,10 @@ def sampling_config(model: str | None, prompt: str, overrides: dict) -> Generate
 
     preset_name = default_preset(model)
     preset = load_preset(preset_name) if preset_name else None
-    return GenerateConfig(**merged("generate", preset, {**overrides, "model": model, "prompt": prompt}))
+    values = merged("generate", preset, {**overrides, "model": model, "prompt": prompt})
+    if "out" in values:
+        raise ValueError(f"preset {preset_name}: generate.out names one video; train-router writes into --out")
+    return GenerateConfig(**values)
 
 
 def checkpoint_step(config: TrainRouterConfig) -> int:
