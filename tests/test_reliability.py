@@ -346,6 +346,11 @@ def test_triton_kernels_without_cuda_are_refused_before_loading(no_loading, tmp_
     assert build_configs({"prompt": "x"}, {"kernels": "triton"}, None)[1].kernels == "triton"
 
 
+def test_a_bench_seed_out_of_range_is_refused_before_loading(no_loading, tmp_path):
+    line = one_line(run("bench", "--methods", "tape", "--seeds", f"0,{2**64}", "--out", tmp_path / "results"), 2)
+    assert "--seeds must be in [0, 2**63)" in line and leftovers(tmp_path) == []
+
+
 def test_a_jsonl_seed_out_of_range_is_refused_with_its_line_before_loading(no_loading, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a red circle", "seed": 3}\n{"prompt": "a blue square", "seed": %d}\n' % 2**70)
@@ -437,6 +442,9 @@ def _write_preset(tmp_path: Path, key: str, value, companions: dict) -> Path:
     return preset
 
 
+STAND_IN_PIPELINE = SimpleNamespace(tokenizer=None, transformer=None)  # what a stubbed load returns
+
+
 class _Reached(Exception):
     """Raised by the stubbed engine once it has the configs a command built."""
 
@@ -451,7 +459,7 @@ def engine_stub(monkeypatch):
         seen.append((gen, prune))
         raise _Reached
 
-    monkeypatch.setattr("vidgen_prune.engine.load_pipeline", lambda *a, **k: SimpleNamespace(tokenizer=None, transformer=None))
+    monkeypatch.setattr("vidgen_prune.engine.load_pipeline", lambda *a, **k: STAND_IN_PIPELINE)
     monkeypatch.setattr("vidgen_prune.pruning.check_pruner", lambda *a, **k: None)
     monkeypatch.setattr("vidgen_prune.engine.generate", record)
     return seen
@@ -550,7 +558,7 @@ def test_every_preset_generate_key_reaches_train_router(monkeypatch, tiny_model_
     value, companions = _value_for(key, tmp_path, tiny_model_dir)
     preset = _write_preset(tmp_path, key, value, companions)
     monkeypatch.setattr("vidgen_prune.presets.default_preset", lambda model: str(preset))
-    monkeypatch.setattr("vidgen_prune.engine.load_pipeline", lambda *a, **k: SimpleNamespace(tokenizer=None, transformer=None))
+    monkeypatch.setattr("vidgen_prune.engine.load_pipeline", lambda *a, **k: STAND_IN_PIPELINE)
     monkeypatch.setattr("vidgen_prune.commands.train_router._train_with_progress", record)
     prompts = tmp_path / "train.txt"
     prompts.write_text("a red circle\n")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import GenerateConfig, PruneConfig
+from .config import GenerateConfig, PruneConfig, check_seed
 from .pruning import METHODS
 from .pruning.caches import CACHES
 
@@ -109,6 +109,8 @@ class BenchSpec:
             raise ValueError(f"--reductions must be distinct values in (0, 0.95), got {self.reductions}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1, got {self.warmup} and {self.repeats}")
         unknown = set(self.metrics) - set(METRIC_GROUPS)
