@@ -423,6 +423,7 @@ def _value_for(key: str, tmp_path: Path, model: Path):
         "router": str(REPO / "vidgen_prune" / "tiny" / "router"),
     }
     companions = {"router": {"method": "router"}}
+    assert key in values, f"give the new config field {key!r} a valid non-default value here"
     return values[key], companions.get(key, {})
 
 

@@ -1,6 +1,6 @@
 """Output files that are complete and correct, or absent: every file the package writes goes through `atomic_files`.
 
-Each file of a group is written under a partial name unique to this process (`.clip.4242.partial.mp4`, beside its
+Each file of a group is written under a partial name unique to this process (`.clip.<host>.4242.partial.mp4`, beside its
 final path), flushed to disk, and all are renamed into place only once every one of them is complete; on any failure
 every partial is removed and nothing reaches a final path. A write that fails (a full or read-only disk, a folder
 without permission, a path under /proc) becomes one OutputError naming the file. An MP4 is complete only when ffmpeg
