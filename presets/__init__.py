@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import GenerateConfig, PruneConfig, config_keys
+from ..config import GenerateConfig, PruneConfig, check_field_types, config_keys
 
 EMBEDDED_PRESET = "tiny-wan"
 # substrings of a model id or folder name → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)
@@ -47,18 +47,32 @@ def load_preset(name_or_path: str) -> dict[str, dict]:
         raise ValueError(f"preset {name_or_path} is not valid YAML{where}") from error
     if not isinstance(data, dict):
         raise ValueError(f"preset {name_or_path} must be a mapping with sections {', '.join(SECTIONS)}")
-    for section, values in data.items():
-        if section not in SECTIONS or not isinstance(values, dict):
-            raise ValueError(f"preset {name_or_path}: unknown section {section!r} (expected {', '.join(SECTIONS)})")
-        unknown = set(values) - config_keys(SECTIONS[section])
-        if unknown:
-            raise ValueError(f"preset {name_or_path}: unknown {section} keys {', '.join(sorted(unknown))}")
-    return {section: dict(data.get(section, {})) for section in SECTIONS}
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"preset {name_or_path}: unknown section {sorted(unknown)[0]!r} (expected "
+                         f"{', '.join(SECTIONS)})")
+    return {section: checked_section(data, section, f"preset {name_or_path}") for section in SECTIONS}
 
 
-def merged(section: str, preset: dict[str, dict] | None, overrides: dict) -> dict:
-    """Preset values overridden by the flags a user actually gave (None = not given)."""
-    values = dict(preset[section]) if preset else {}
+def checked_section(data: dict, section: str, where: str) -> dict:
+    """`data[section]` (generate or prune; absent or null = {}) with every key known and every value of its
+    field's type, else ValueError naming `where`, the section and the key. Presets and bench specs share it."""
+    values = {} if data.get(section) is None else data[section]
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: {section} must be a mapping of {SECTIONS[section].__name__} keys, got "
+                         f"{values!r}")
+    unknown = set(values) - config_keys(SECTIONS[section])
+    if unknown:
+        raise ValueError(f"{where}: unknown {section} keys {', '.join(sorted(unknown))}")
+    check_field_types(SECTIONS[section], values, f"{where}: {section}.")
+    return dict(values)
+
+
+def merged(section: str, preset: dict[str, dict] | None, overrides: dict, defaults: dict | None = None) -> dict:
+    """`defaults` (a command's own, below any preset) < preset values < the flags a user actually gave (None = not
+    given)."""
+    values = dict(defaults or {})
+    values.update(preset[section] if preset else {})
     values.update({key: value for key, value in overrides.items() if value is not None})
     if "evit_layers" in values:
         values["evit_layers"] = tuple(values["evit_layers"])

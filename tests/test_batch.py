@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from vidgen_prune.batch import Manifest, read_prompt_file, shard
 from vidgen_prune.cli import app
 from vidgen_prune.commands.generate import build_configs
+from vidgen_prune.outputs import partial_path
 
 runner = CliRunner()
 PRUNE = ["--method", "tape", "--reselect-every", "3"]
@@ -36,6 +38,13 @@ def one_error_line(result) -> str:
 
 def records(out_dir) -> list[dict]:
     return Manifest(out_dir).records()
+
+
+def partial_of_a_killed_run(path):
+    """The partial name `path` had in a process of this host that has exited (a run killed mid-write)."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine = partial_path(path)
+    return mine.with_name(mine.name.replace(f".{os.getpid()}.", f".{finished.stdout.strip()}."))
 
 
 # ---------------------------------------------------------------- sharding
@@ -149,7 +158,7 @@ def test_resume_skips_finished_items_and_ignores_partial_files(tiny_model_dir, t
     # killed after item 1's files were renamed but before its record, during item 2's MP4, during a record
     part = out_dir / "manifest.rank0.jsonl"
     part.write_text(part.read_text().splitlines()[0] + "\n" + '{"name": "0002-a-gre')
-    (out_dir / "0002-a-green-triangle.mp4").replace(out_dir / ".0002-a-green-triangle.partial.mp4")
+    (out_dir / "0002-a-green-triangle.mp4").replace(partial_of_a_killed_run(out_dir / "0002-a-green-triangle.mp4"))
     (out_dir / "0002-a-green-triangle.json").unlink()
     kept_sidecar = (out_dir / "0000-a-red-circle.json").stat().st_mtime_ns
 

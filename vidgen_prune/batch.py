@@ -15,16 +15,18 @@ Nothing here prints; progress goes through the `on_item` callback.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from .config import GenerateConfig, PruneConfig
+from .config import GenerateConfig, PruneConfig, check_field_types
 
 PROMPT_FIELDS = ("prompt", "negative", "seed", "overrides")
 # a line may change the generation's shape and the pruning, not what the once-loaded pipeline fixes (model,
@@ -68,12 +70,15 @@ def read_prompt_file(path: Path, build: ConfigBuilder) -> list[BatchItem]:
 
     Plain text: one prompt per line. JSONL (when the first prompt line starts with `{`): one object per line
     with `prompt` and optionally `negative`, `seed` and `overrides` (generate and prune settings). Blank lines
-    and lines starting with `#` are skipped. `build(generate_flags, prune_flags)` makes an item's configs.
+    and lines starting with `#` are skipped; a UTF-8 byte-order mark and CRLF line ends are read as plain UTF-8.
+    `build(generate_flags, prune_flags)` makes an item's configs (and checks them: seed range, ...).
     """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark would hide the first line's `{`
     except OSError as error:
         raise ValueError(f"cannot read prompt file {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompt file {path} is not UTF-8 text (byte {error.start})") from None
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
     lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
     if not lines:
@@ -110,6 +115,8 @@ def _line_flags(entry: dict) -> tuple[dict, dict]:
     overrides = entry.get("overrides", {})
     if not isinstance(overrides, dict):
         raise ValueError('"overrides" must be an object')
+    if not isinstance(entry.get("negative", ""), str):
+        raise ValueError(f'"negative" must be a string, got {json.dumps(entry["negative"])}')
     generate_flags = {"prompt": entry["prompt"]}
     generate_flags |= {"negative_prompt": entry["negative"]} if "negative" in entry else {}
     generate_flags |= {"seed": entry["seed"]} if "seed" in entry else {}
@@ -119,26 +126,9 @@ def _line_flags(entry: dict) -> tuple[dict, dict]:
             allowed = ", ".join(GENERATE_OVERRIDES + PRUNE_OVERRIDES)
             raise ValueError(f"unknown override {key!r} (allowed: {allowed})")
         (generate_flags if key in GENERATE_OVERRIDES else prune_flags)[key] = value
-    defaults = {f.name: f.default for cls in (GenerateConfig, PruneConfig) for f in fields(cls)}
-    for key, value in generate_flags.items() | prune_flags.items():
-        _check_type(key, value, defaults[key])
+    check_field_types(GenerateConfig, generate_flags)
+    check_field_types(PruneConfig, prune_flags)
     return generate_flags, prune_flags
-
-
-def _check_type(key: str, value, default) -> None:
-    def number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if isinstance(default, tuple):
-        ok, expected = isinstance(value, list) and all(map(number, value)), "a list of numbers"
-    elif isinstance(default, float):
-        ok, expected = number(value), "a number"
-    elif isinstance(default, int):
-        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    else:  # strings, and optional paths (default None)
-        ok, expected = isinstance(value, str), "a string"
-    if not ok:
-        raise ValueError(f"{key} must be {expected}, got {json.dumps(value)}")
 
 
 def _raise_line_errors(where: str, errors: list[tuple[int, str]]) -> None:
@@ -236,6 +226,116 @@ def _ends_mid_line(path: Path) -> bool:
     with path.open("rb") as file:
         file.seek(-1, os.SEEK_END)
         return file.read(1) != b"\n"
+
+
+# ---------------------------------------------------------------- the out-dir lock
+
+LOCK_GLOB = ".vidprune.rank*.lock"
+GUARD_FILE = ".vidprune.lock"
+# what flock raises on a filesystem that cannot lock (Lustre without -o flock, some FUSE mounts)
+NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class OutDirLock:
+    """This process's claim on an output folder, so that two live runs never redo each other's items.
+
+    Each rank holds an exclusive flock on `.vidprune.rank{R}.lock`, whose text names its PID, host and job; the
+    kernel drops an flock when its process dies, so the file of a killed run is simply taken over. A run is refused
+    when its own rank's file is held, or when any other rank's file is held by another job (the ranks of one torchrun
+    job share the folder). Checks and claims happen under a short flock on `.vidprune.lock`, so a reader never sees
+    a claim half written. On a filesystem without flock the run goes on unlocked (`locked` is False)."""
+
+    def __init__(self, out_dir: Path, world: World):
+        self.out_dir, self.world = Path(out_dir), world
+        self.locked, self._unlockable = False, False
+        self._descriptor: int | None = None
+
+    def acquire(self) -> OutDirLock:
+        """Claim the folder (creating it), once; ValueError naming the holder's PID when another live run has it."""
+        import fcntl
+
+        if self._descriptor is not None or self._unlockable:
+            return self
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        own_path = self.out_dir / f".vidprune.rank{self.world.rank}.lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "job": _job_id(self.world), "rank": self.world.rank}
+        guard = os.open(self.out_dir / GUARD_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX)  # blocking, but only held for the checks below: milliseconds
+            except OSError as error:
+                if error.errno in NO_LOCKING:
+                    self._unlockable = True
+                    return self
+                raise
+            self._descriptor = os.open(own_path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_flock(self._descriptor):
+                self._refuse(_holder(self._descriptor))
+            for path in sorted(self.out_dir.glob(LOCK_GLOB)):
+                if path != own_path:
+                    self._check_other(path, me["job"])
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, json.dumps(me).encode(), 0)
+            self.locked = True
+            return self
+        finally:
+            os.close(guard)
+
+    def _check_other(self, path: Path, job: str) -> None:
+        descriptor = os.open(path, os.O_RDWR)  # NFS emulates flock with write locks, which need a writable file
+        try:
+            if _try_flock(descriptor):
+                return  # nobody holds it: a finished or killed run's file (closing it drops the flock again)
+            holder = _holder(descriptor)
+            if holder.get("job") != job:
+                self._refuse(holder)
+        finally:
+            os.close(descriptor)
+
+    def _refuse(self, holder: dict) -> None:
+        self.release()
+        host = holder.get("host")
+        where = f" on {host}" if host and host != socket.gethostname() else ""
+        raise ValueError(f"--out-dir {self.out_dir} is in use by another vidprune run (PID {holder.get('pid', '?')}"
+                         f"{where}); wait for it to finish or use another --out-dir")
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # drops the flock; the file stays for the next run to take
+            self._descriptor, self.locked = None, False
+
+    def __enter__(self) -> OutDirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _try_flock(descriptor: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(descriptor: int) -> dict:
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+    except json.JSONDecodeError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _job_id(world: World) -> str:
+    """One process alone is its own job; torchrun's ranks share the rendezvous id and the master's address, which no
+    other live job can also have."""
+    if world.size == 1:
+        return f"{socket.gethostname()}:{os.getpid()}"
+    return "torchrun:" + ":".join(os.environ.get(name, "") for name in
+                                  ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
 
 
 # ---------------------------------------------------------------- ranks
@@ -351,14 +451,14 @@ def run_batch(
 
 
 def _generate_item(pipe, item: BatchItem, out_dir: Path, world: World) -> dict:
-    from .engine import generate, sidecar, write_json, write_video
+    from .engine import generate, sidecar
+    from .outputs import write_video_with_sidecar
 
     result = generate(pipe, item.gen, item.prune)
     video = out_dir / f"{item.name}.mp4"
-    write_video(result.frames, video, item.gen.fps)
     batch_fields = {"index": item.index, "line": item.line, "name": item.name, "key": item.key}
     meta = sidecar(item.gen, item.prune, result, item.preset) | {"batch": batch_fields}
-    write_json(meta, video.with_suffix(".json"))
+    write_video_with_sidecar(result.frames, video, item.gen.fps, meta)
     return batch_fields | {
         "video": video.name,
         "sidecar": video.with_suffix(".json").name,

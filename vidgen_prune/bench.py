@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import GenerateConfig, PruneConfig
+from .config import GenerateConfig, PruneConfig, check_seed
 from .models import profiles
 from .pruning import MERGING, METHODS
 from .pruning.caches import CACHES
@@ -107,6 +107,8 @@ class BenchSpec:
             raise ValueError(f"--reductions must be distinct values in (0, 0.95), got {self.reductions}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1, got {self.warmup} and {self.repeats}")
         unknown = set(self.metrics) - set(METRIC_GROUPS)
@@ -199,21 +201,32 @@ class RunKey:
 
 
 def read_spec_file(path: Path) -> dict:
-    """The YAML bench spec as a dict of BenchSpec-like keys (see `SPEC_KEYS`); unknown keys are errors."""
+    """The YAML bench spec as a dict of BenchSpec-like keys (see `SPEC_KEYS`), each of its field's type; unknown
+    keys and wrong types are errors naming the file and the key."""
     import yaml
+
+    from .config import check_field_types
+    from .presets import checked_section
 
     if not path.is_file():
         raise ValueError(f"--spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"--spec {path} is not valid YAML") from error
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"--spec {path} is not a readable YAML file ({type(error).__name__})") from error
     if not isinstance(data, dict):
         raise ValueError(f"--spec {path} must be a mapping of {', '.join(SPEC_KEYS)}")
     unknown = set(data) - set(SPEC_KEYS)
     if unknown:
         raise ValueError(f"--spec {path}: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(SPEC_KEYS)})")
-    return data
+    checked = {key: value for key, value in data.items() if key not in ("generate", "prune")}
+    check_field_types(BenchSpec, {k: v for k, v in checked.items() if k != "held_out"}, f"--spec {path}: ")
+    held_out = checked.get("held_out", 1)
+    if not isinstance(held_out, int) or isinstance(held_out, bool):
+        raise ValueError(f"--spec {path}: held_out must be an integer, got {held_out!r}")
+    for section in ("generate", "prune"):
+        checked[section] = checked_section(data, section, f"--spec {path}")
+    return checked
 
 
 def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_flags: dict, preset: str | None):
@@ -221,8 +234,11 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
 
     `lists` holds the bench's own keys (methods, reductions, prompts, held_out, seeds, warmup, repeats, metrics,
     profile, profile_latent, compile, e2e). The preset is the profile's (wan2.1-1.3b) in profile mode, else the
-    model's. Without prompts, a quality bench of the embedded model takes the first 8 held-out prompts.
+    model's. A preset's (or the spec's) prompt, seed, method, reduction and cache are the bench's prompts, seeds,
+    methods and reductions unless those lists are given. Without prompts, a quality bench of the embedded model takes
+    the first 8 held-out prompts.
     """
+    from .config import check_kernels
     from .presets import default_preset, load_preset, merged, preset_names
     from .tiny.prompts import HELD_OUT_PROMPTS
 
@@ -237,10 +253,14 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     profile = values.get("profile")
     if profile and "metrics" not in values:
         values["metrics"] = ("timing",)
-    generate_values = {**(data.get("generate") or {}), **_given(generate_flags)}
+    generate_values = {**data.get("generate", {}), **_given(generate_flags)}
     preset = preset or (profile if profile in preset_names() else default_preset(generate_values.get("model")))
     preset_values = load_preset(preset) if preset else None
     gen_values = merged("generate", preset_values, generate_values)
+    if "out" in gen_values:
+        raise ValueError("generate.out names one video; a bench writes its results into --out")
+    prune_values = merged("prune", preset_values, {**data.get("prune", {}), **_given(prune_flags)})
+    values = _axes_from_settings(values, gen_values, prune_values, quality=not profile)
     if profile:  # the profile's own latent and step count, not the preset's 50-step 81-frame generation
         gen_values = {k: v for k, v in gen_values.items() if k not in ("steps", "frames", "height", "width")}
         gen_values["steps"] = generate_values.get("steps", PROFILE_STEPS)
@@ -248,14 +268,27 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
         values["prompts"] = HELD_OUT_PROMPTS[:8]
     prompts = tuple(values.get("prompts", ()))
     gen = GenerateConfig(**{**gen_values, "prompt": prompts[0] if prompts else "profile"})
-    prune = PruneConfig(**merged("prune", preset_values, {**(data.get("prune") or {}), **_given(prune_flags)}))
-    try:
-        for key in ("methods", "reductions", "seeds", "metrics", "profile_latent"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return BenchSpec(gen=gen, prune=prune, **{**values, "prompts": prompts})
-    except TypeError as error:  # a YAML value of the wrong shape (a string where a list belongs, ...)
-        raise ValueError(f"bench settings of the wrong type: {error}") from error
+    prune = PruneConfig(**prune_values)
+    check_kernels(prune, gen.device)
+    for key in ("methods", "reductions", "seeds", "metrics", "profile_latent"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return BenchSpec(gen=gen, prune=prune, **{**values, "prompts": prompts})
+
+
+def _axes_from_settings(values: dict, gen_values: dict, prune_values: dict, quality: bool) -> dict:
+    """A bench replaces each run's prompt, seed, method, reduction and cache; a preset or spec that sets one of them
+    names that axis (one value) unless the axis' list is given, so no key it sets is silently dropped."""
+    axes = dict(values)
+    if quality and "prompt" in gen_values and "prompts" not in axes:
+        axes["prompts"] = (gen_values["prompt"],)
+    if "seed" in gen_values and "seeds" not in axes:
+        axes["seeds"] = (gen_values["seed"],)
+    if ("method" in prune_values or "cache" in prune_values) and "methods" not in axes:
+        axes["methods"] = (MethodEntry(prune_values.get("method", "dense"), prune_values.get("cache")).name,)
+    if "reduction" in prune_values and "reductions" not in axes:
+        axes["reductions"] = (prune_values["reduction"],)
+    return axes
 
 
 def _given(flags: dict) -> dict:
@@ -293,6 +326,9 @@ RUN_FIELDS = (
     "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
     "adherence_count",
 )
+# warp_ratio is inf for a perfectly still dense video and flicker NaN with no static pixel (metrics/temporal.py):
+# bench.json keeps them as Python's json writes them (Infinity, NaN), which its resume reads back
+BENCH_JSON_NAN = True
 MEAN_FIELDS = (
     "kept_fraction", "block_fraction", "cache_compute_fraction", "flop_bound_speedup", "total_s", "transformer_s",
     "transformer_step_ms", "tokens_per_s", "tflops", "peak_memory_mb",
@@ -381,7 +417,7 @@ class Bench:
 
     def check(self) -> None:
         """Refuse, before any compute: an unwritable folder, or a JSON from a bench with other settings."""
-        from .engine import check_writable
+        from .outputs import check_writable
 
         check_writable(self.json_path)
         if self.json_path.exists():
@@ -563,12 +599,11 @@ class Bench:
         return record
 
     def _save(self, key: RunKey, record: dict) -> None:
-        from .engine import write_json
+        from .outputs import write_json
 
         self.records[key.id] = record
         ordered = [self.records[k.id] for k in self.spec.runs() if k.id in self.records]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(bench_header(self.spec) | {"records": ordered}, self.json_path)
+        write_json(bench_header(self.spec) | {"records": ordered}, self.json_path, allow_nan=BENCH_JSON_NAN)
         self._done += 1
         if self.on_progress:
             self.on_progress(self._done, self._total, key.method if key.reduction is None else
@@ -695,33 +730,37 @@ def table_rows(aggregates: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def write_outputs(result: BenchResult, spec: BenchSpec, out_dir: Path) -> dict[str, Path]:
-    """bench.json (records + aggregates), runs.csv, summary.csv, summary.md and speedup_vs_fidelity.png."""
-    from .engine import write_json
+    """bench.json (records + aggregates), runs.csv, summary.csv, summary.md and speedup_vs_fidelity.png, as one
+    group: all of them reach the folder or none does (bench.json last, as it is what a resume reads)."""
+    from .outputs import atomic_files, write_json_to, writing
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {name: out_dir / name for name in ("bench.json", "runs.csv", "summary.csv", "summary.md")}
-    write_json(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates}, files["bench.json"])
-    _write_csv(files["runs.csv"], RUN_FIELDS, result.records)
-    _write_csv(files["summary.csv"], AGGREGATE_FIELDS, result.aggregates)
-    header, rows = table_rows(result.aggregates)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    files["summary.md"].write_text("\n".join(lines) + "\n")
-    if result.aggregates:
-        files["plot"] = out_dir / "speedup_vs_fidelity.png"
-        plot(result.aggregates, files["plot"], profile=spec.profile is not None)
-    return files
+    names = ["runs.csv", "summary.csv", "summary.md"] + (["speedup_vs_fidelity.png"] if result.aggregates else [])
+    files = {name: out_dir / name for name in [*names, "bench.json"]}
+    with atomic_files(*files.values()) as partials:
+        partial = dict(zip(files, partials))
+        _write_csv(partial["runs.csv"], RUN_FIELDS, result.records)
+        _write_csv(partial["summary.csv"], AGGREGATE_FIELDS, result.aggregates)
+        header, rows = table_rows(result.aggregates)
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+            "| " + " | ".join(r) + " |" for r in rows
+        ]
+        with writing(partial["summary.md"]):
+            partial["summary.md"].write_text("\n".join(lines) + "\n")
+        if result.aggregates:
+            plot(result.aggregates, partial["speedup_vs_fidelity.png"], profile=spec.profile is not None)
+        write_json_to(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates},
+                      partial["bench.json"], allow_nan=BENCH_JSON_NAN)
+    return {("plot" if name.endswith(".png") else name): path for name, path in files.items()}
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
-    import os
+    from .outputs import writing
 
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="") as handle:
+    with writing(path), path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
-    os.replace(partial, path)
 
 
 def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
@@ -731,6 +770,8 @@ def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .outputs import writing
 
     panels = (("flop_bound_speedup", "FLOP-bound speedup ×"),) if profile else (("psnr", "PSNR vs dense (dB)"),
                                                                                ("ssim", "SSIM vs dense"))
@@ -752,7 +793,8 @@ def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
+    try:
+        with writing(path):
+            figure.savefig(path, format="png", dpi=120)
+    finally:
+        plt.close(figure)

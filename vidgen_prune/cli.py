@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import threads  # noqa: F401 - before any module that imports torch: it sets the OpenMP wait policy
 from .commands.bench import bench
 from .commands.generate import generate
 from .commands.train_router import train_router

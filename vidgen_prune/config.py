@@ -6,10 +6,15 @@ message before any model is loaded or any step is computed.
 
 from __future__ import annotations
 
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 MAX_REDUCTION = 0.95
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes a signed 64-bit seed; 2**70 failed after loading the model
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class PruneConfig:
         from .pruning import METHODS
         from .pruning.schedule import SCHEDULES
 
-
+        check_finite(self)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if not 0.0 <= self.reduction < MAX_REDUCTION:
@@ -79,7 +84,7 @@ class PruneConfig:
             # rows are a different token set (and count) at every step, so the replayed rows belong to other tokens
             raise ValueError("--cache pab cannot be composed with token pruning (it replays attention rows of other "
                              "tokens); use fbcache or taylorseer")
-        if self.fbcache_threshold <= 0.0:
+        if not self.fbcache_threshold > 0.0:
             raise ValueError(f"--fbcache-threshold must be positive, got {self.fbcache_threshold}")
         if self.pab_skip < 2 or self.taylorseer_interval < 2:
             raise ValueError("--pab-skip and --taylorseer-interval must be at least 2 (1 would never reuse anything)")
@@ -105,8 +110,9 @@ class GenerateConfig:
     image: Path | None = None  # image-to-video pipelines: the conditioning (first) frame
 
     def __post_init__(self):
+        check_finite(self)
         if not self.prompt.strip():
-            raise ValueError("--prompt must not be empty")
+            raise ValueError("give --prompt TEXT, or --prompts FILE with --out-dir (the prompt is empty)")
         if self.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
         if self.frames < 1:
@@ -114,18 +120,26 @@ class GenerateConfig:
         for name in ("height", "width"):
             if getattr(self, name) < 16:
                 raise ValueError(f"--{name} must be at least 16, got {getattr(self, name)}")
+        if self.guidance < 0.0:
+            raise ValueError(f"--guidance must be >= 0 (at most 1 turns classifier-free guidance off), got "
+                             f"{self.guidance}")
+        check_seed(self.seed)
         if self.fps < 1:
             raise ValueError(f"--fps must be at least 1, got {self.fps}")
         if self.max_sequence_length < 1:
             raise ValueError(f"max_sequence_length must be at least 1, got {self.max_sequence_length}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.device.startswith("cuda") and not _cuda_available():
-            raise ValueError(f"--device {self.device} asked for, but CUDA is not available on this machine")
+        check_device(self.device)
         if self.model is not None and _looks_like_path(self.model) and not Path(self.model).is_dir():
             raise ValueError(f"--model folder not found: {self.model}")
         if self.image is not None:
-            _check_image(Path(self.image))
+            object.__setattr__(self, "image", Path(self.image))  # a preset or JSON gives a string
+            _check_image(self.image)
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))  # a preset or JSON gives a string
+            if self.out.suffix.lower() != ".mp4":
+                raise ValueError(f"--out must be an .mp4 path (its .json sidecar goes beside it), got {self.out}")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -148,10 +162,112 @@ def _check_image(path: Path) -> None:
         raise ValueError(f"--image {path} is not a readable image ({type(error).__name__})") from None
 
 
-def _cuda_available() -> bool:
+def check_finite(config) -> None:
+    """Refuse NaN and ±inf in any float field of a config: NaN fails every comparison, so a range check written as
+    `if value <= 0: refuse` lets it through (`--guidance nan` ran with guidance silently off and wrote NaN into the
+    sidecar, which is not JSON)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{flag} must be in [0, 2**63), got {seed}")
+
+
+def check_device(device: str) -> None:
+    """A device string torch parses and this machine has, checked before any weights load."""
+    if device == "cpu":
+        return  # the default: no torch import for it
     import torch
 
-    return torch.cuda.is_available()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, xpu, ...)") from None
+    if parsed.type in ("cpu", "meta"):  # meta: shapes only (bench --profile's FLOP bound without weights)
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} asked for, but CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    backend = getattr(torch, parsed.type, None)  # torch.mps, torch.xpu, ...; meta or xla have no usable one here
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"--device {device}: no {parsed.type} device is available on this machine")
+
+
+def check_kernels(prune: PruneConfig, device: str) -> None:
+    """`--kernels triton` only where Triton can run on `device` (CUDA, or the interpreter with TRITON_INTERPRET=1),
+    refused before loading rather than at the first pruned block; `auto` falls back to torch by itself."""
+    if prune.kernels != "triton":
+        return
+    from .kernels import resolve_backend
+
+    try:
+        resolve_backend("triton", device)
+    except RuntimeError as error:
+        raise ValueError(f"--kernels triton: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------- value types
+
+
+def check_field_types(cls, values: dict, where: str = "") -> None:
+    """Refuse (ValueError) a value whose type does not fit its field of the dataclass `cls`; `where` prefixes the
+    key in the message ("preset p.yaml: generate."). One checker for presets, bench specs and prompt-file lines:
+    a YAML `steps: "abc"` would otherwise crash with a TypeError deep in a run, or never be noticed."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = _type_problem(hints[key], value)
+        if expected:
+            hint = ""
+            if isinstance(value, str) and "e" in value.lower() and _is_number(value):
+                hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+            raise ValueError(f"{where}{key} must be {expected}, got {json.dumps(value, default=str)}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_problem(annotation, value) -> str | None:
+    """None when `value` fits `annotation` (str, int, float, bool, Path, X | None, tuple[X, ...], tuple[X, Y]);
+    else what was expected, in words."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        problem = _type_problem(inner, value)
+        return problem and f"{problem} or null"
+    if origin is tuple:
+        each = args[0]
+        length = None if args[-1] is Ellipsis else len(args)
+        if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+            return f"a list of {length or ''}{' ' if length else ''}{_plural(each)}"
+        return next((f"a list of {_plural(each)}" for item in value if _type_problem(each, item)), None)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        Path: lambda v: isinstance(v, (str, Path)),
+    }[annotation](value)
+    return None if ok else {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                            Path: "a path"}[annotation]
+
+
+def _plural(annotation) -> str:
+    return {int: "integers", float: "numbers", str: "strings"}[annotation]
 
 
 def config_keys(cls) -> set[str]:

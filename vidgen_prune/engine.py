@@ -1,18 +1,16 @@
-"""The engine: load a diffusers video pipeline, run it with a pruner, time it, write the MP4 and its sidecar.
+"""The engine: load a diffusers video pipeline, run it with a pruner, time it, describe the run for its sidecar.
 
-The CLI and the bench call these functions; nothing here prints.
+The CLI and the bench call these functions; nothing here prints. Files are written by `vidgen_prune.outputs`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -136,6 +134,7 @@ def generate(
     def step_callback(pipeline, step, timestep, callback_kwargs):
         _synchronize(device)
         step_ends.append(time.perf_counter())
+        check_finite_latents(callback_kwargs["latents"], step, gen.steps)
         if on_step:
             on_step(step + 1, gen.steps)
         return {}
@@ -150,6 +149,7 @@ def generate(
             generator=torch.Generator(device="cpu").manual_seed(gen.seed),
             output_type="np" if decode else "latent",
             callback_on_step_end=step_callback,
+            callback_on_step_end_tensor_inputs=["latents"],
         )
         _synchronize(device)
         total = time.perf_counter() - start
@@ -157,6 +157,7 @@ def generate(
     steps = np.diff([start] + step_ends).tolist()
     frames = None
     if decode:
+        check_finite_frames(output.frames[0])
         frames = (np.clip(output.frames[0], 0.0, 1.0) * 255).round().astype(np.uint8)  # (F, H, W, 3)
     log = controller.log
     return GenerationResult(
@@ -178,40 +179,29 @@ def generate(
     )
 
 
+class NonFiniteOutput(RuntimeError):
+    """A generation produced NaN or Inf: its video would be black or noise, so it is a failure, not an output."""
+
+
+def check_finite_latents(latents: torch.Tensor, step: int, steps: int) -> None:
+    """After denoising step `step` (from 0): NaN/Inf here came from the transformer's output at that step (the
+    scheduler only mixes it with finite latents). One reduction per step; on CUDA the step is synchronised anyway."""
+    if not torch.isfinite(latents).all():
+        raise NonFiniteOutput(f"the transformer output at denoising step {step + 1} of {steps} holds NaN or Inf "
+                              "(damaged weights, or a dtype that overflows)")
+
+
+def check_finite_frames(frames: np.ndarray) -> None:
+    """The decoded video (F, H, W, 3) float, before it is clipped to [0, 1] (which would hide a NaN as black)."""
+    if not np.isfinite(frames).all():
+        raise NonFiniteOutput("the VAE decode produced NaN or Inf from finite latents (damaged VAE weights, or a "
+                              "dtype that overflows)")
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def check_writable(path: Path) -> None:
-    """Refuse an output path whose nearest existing folder cannot be written, before any compute."""
-    folder = path.resolve().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ValueError(f"output folder is not writable: {path.parent}")
-
-
-def write_video(frames: np.ndarray, path: Path, fps: int) -> None:
-    """MP4 (H.264 through imageio-ffmpeg) written under a temporary name and renamed once complete."""
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with imageio.get_writer(partial, fps=fps, codec="libx264", quality=8, macro_block_size=16) as writer:
-            for frame in frames:
-                writer.append_data(frame)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def write_json(data: dict, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(partial, path)
 
 
 def sidecar(gen: GenerateConfig, prune: PruneConfig, result: GenerationResult, preset: str | None) -> dict:

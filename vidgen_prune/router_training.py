@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import GenerateConfig
+from .config import GenerateConfig, check_finite, check_seed
+from .outputs import atomic_files, write_json, writing
 from .pruning.router import (
     BIN,
     MIN_RETENTION,
@@ -66,8 +67,11 @@ class TrainRouterConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_finite(self)
         if not self.prompts:
             raise ValueError("--prompts file holds no prompts")
+        check_seed(self.seed)
+        check_seed(self.seed + len(self.prompts) - 1, "--seed + prompts - 1 (prompt i is seeded seed + i)")
         if not 0.0 <= self.target_reduction <= 1.0 - MIN_RETENTION:
             raise ValueError(f"--target-reduction must be in [0, {1.0 - MIN_RETENTION:g}], got {self.target_reduction}")
         for name in ("steps", "batch", "hidden", "checkpoint_every"):
@@ -108,7 +112,7 @@ def read_prompts(path: Path) -> tuple[str, ...]:
     if not path.is_file():
         raise ValueError(f"--prompts file not found: {path}")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not part of prompt 1
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--prompts file {path} is unreadable ({type(error).__name__})") from error
     return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
@@ -120,7 +124,10 @@ def sampling_config(model: str | None, prompt: str, overrides: dict) -> Generate
 
     preset_name = default_preset(model)
     preset = load_preset(preset_name) if preset_name else None
-    return GenerateConfig(**merged("generate", preset, {**overrides, "model": model, "prompt": prompt}))
+    values = merged("generate", preset, {**overrides, "model": model, "prompt": prompt})
+    if "out" in values:
+        raise ValueError(f"preset {preset_name}: generate.out names one video; train-router writes into --out")
+    return GenerateConfig(**values)
 
 
 def checkpoint_step(config: TrainRouterConfig) -> int:
@@ -299,7 +306,8 @@ def train_router(
                 write_checkpoint(net, optimizer, losses, {**meta, "step": step + 1, "final": row}, config.out)
     finally:
         remove_pruner(transformer)
-    _atomic(config.out / PLOT_FILE, lambda path: plot_losses(losses, path))  # ~1 s: once, not every checkpoint
+    with atomic_files(config.out / PLOT_FILE) as (plot_partial,):  # ~1 s: once, not at every checkpoint
+        plot_losses(losses, plot_partial)
     return TrainResult(net.eval(), first_step, losses, collect_s, time.perf_counter() - start)
 
 
@@ -319,22 +327,16 @@ def write_checkpoint(net: RouterNet, optimizer, losses: list[dict], meta: dict, 
         for index, entries in optimizer.state_dict()["state"].items()
         for key, value in entries.items()
     }  # Adam: step, exp_avg, exp_avg_sq per parameter
-    _atomic(out / STATE_FILE, lambda path: save_file(moments, path, metadata={"step": str(meta["step"])}))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=LOSS_COLUMNS)
     writer.writeheader()
     writer.writerows(losses)
-    _atomic(out / LOSSES_FILE, lambda path: path.write_text(table.getvalue()))
+    with atomic_files(out / STATE_FILE, out / LOSSES_FILE) as (state_partial, losses_partial):
+        with writing(state_partial):
+            save_file(moments, state_partial, metadata={"step": str(meta["step"])})
+        with writing(losses_partial):
+            losses_partial.write_text(table.getvalue())
     save_router(net, out, meta)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def resume_checkpoint(net: RouterNet, optimizer, out: Path, step: int, transformer) -> list[dict]:
@@ -385,8 +387,11 @@ def plot_losses(losses: list[dict], path: Path) -> None:
     ratio_axis.set_ylabel("mean layer ratio ρ", color="tab:orange")
     figure.suptitle("train-router: distillation loss and mean retention ratio")
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100)
-    plt.close(figure)
+    try:
+        with writing(path):
+            figure.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,8 +464,6 @@ def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateCon
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m vidgen_prune.router_training evaluate ...`: the held-out comparison, as a table and JSON."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(report, args.json)
 
 
 if __name__ == "__main__":

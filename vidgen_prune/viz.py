@@ -9,7 +9,6 @@ the next `temporal factor` pixel frames into each later one (17 frames → 1 + 4
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -151,11 +150,22 @@ def _enlarged(frames: np.ndarray) -> np.ndarray:
     return frames.repeat(scale, axis=1).repeat(scale, axis=2)  # (F, H·scale, W·scale, 3)
 
 
-def write_side_by_side_video(views: Sequence[MaskView], path: Path, fps: int) -> None:
-    """The methods' tinted videos next to each other, each under its name, as an MP4 (written atomically)."""
-    import cv2
+def write_mask_files(views: Sequence[MaskView], png: Path, geometry: TokenGeometry, layer: int, step: int,
+                     fps: int) -> Path:
+    """The PNG grid and, beside it, the side-by-side MP4: both reach their paths or neither does. Returns the MP4's."""
+    from .outputs import atomic_files, encode_mp4, writing
 
-    from .engine import write_video
+    video = png.with_suffix(".mp4")
+    with atomic_files(video, png) as (video_partial, png_partial):
+        encode_mp4(side_by_side_frames(views), video_partial, fps)
+        with writing(png_partial):
+            grid_figure(views, geometry, layer, step).savefig(png_partial, format="png", dpi=100)
+    return video
+
+
+def side_by_side_frames(views: Sequence[MaskView]) -> np.ndarray:
+    """The methods' tinted videos next to each other, each under its name: (F, H, W, 3) uint8."""
+    import cv2
 
     panels = [_enlarged(view.frames) for view in views]  # each (F, h, w, 3)
     frames, height, width, _ = panels[0].shape
@@ -167,12 +177,11 @@ def write_side_by_side_video(views: Sequence[MaskView], path: Path, fps: int) ->
         cv2.putText(header, view.label, (left + 4, HEADER_PX - 10),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     canvas[:, :HEADER_PX] = header
-    write_video(canvas, path, fps)
+    return canvas
 
 
-def write_grid_png(views: Sequence[MaskView], path: Path, geometry: TokenGeometry, layer: int, step: int) -> None:
-    """A row per method, a column per latent frame (its first pixel frame: the mask is the same for all of them),
-    written under a temporary name and renamed."""
+def grid_figure(views: Sequence[MaskView], geometry: TokenGeometry, layer: int, step: int):
+    """A row per method, a column per latent frame (its first pixel frame: the mask is the same for all of them)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to touch
 
     token_frame = geometry.token_frame(len(views[0].frames))  # (F,)
@@ -192,9 +201,4 @@ def write_grid_png(views: Sequence[MaskView], path: Path, geometry: TokenGeometr
         axes[row, 0].set_ylabel(f"{view.label}\nIoU {view.iou:.2f}", fontsize=9)
     figure.suptitle(f"skipped tokens (red), block {layer}, step {step}, conditional pass", fontsize=10)
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        figure.savefig(partial, format="png", dpi=100)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    return figure

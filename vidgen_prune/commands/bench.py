@@ -28,6 +28,7 @@ from .common import (
     check_model,
     console,
     runtime_failure,
+    warn_unknown_words,
 )
 
 Methods = Annotated[
@@ -86,8 +87,8 @@ def bench(
     height: Height = None,
     width: Width = None,
     guidance: Guidance = None,
-    device: Device = "cpu",
-    dtype: Dtype = "float32",
+    device: Device = None,
+    dtype: Dtype = None,
     preset: Preset = None,
     alpha: Alpha = None,
     reselect_every: ReselectEvery = None,
@@ -133,6 +134,7 @@ def bench(
 
             gen = bench_spec.gen
             pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+        warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(bench_spec.prompts)})
     with bad_input():
         from ..bench import check_budgets
 

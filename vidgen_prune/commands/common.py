@@ -18,13 +18,17 @@ console = Console(stderr=True)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
 
-Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
+Prompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (or the preset's).")]
 NegativePrompt = Annotated[Optional[str], typer.Option(help="Negative prompt (CFG's unconditional pass).")]
 Model = Annotated[
     Optional[str], typer.Option(help="diffusers pipeline folder or hub id; default: the embedded tiny Wan model.")
 ]
-Method = Annotated[str, typer.Option(help=f"Pruning method: {', '.join(METHODS)}.")]
-Reduction = Annotated[float, typer.Option(help="Mean fraction of token·block computations skipped, in [0, 0.95).")]
+# flags whose value a preset may also set are None when not given, so that the preset's value stands; the
+# command's own default (written in the help) sits below the preset
+Method = Annotated[Optional[str], typer.Option(help=f"Pruning method: {', '.join(METHODS)} (default tape).")]
+Reduction = Annotated[
+    Optional[float], typer.Option(help="Mean fraction of token·block computations skipped, in [0, 0.95) (default 0.3).")
+]
 Alpha = Annotated[Optional[float], typer.Option(help="TAPE smoothing weight α (Eq. 2); smaller smooths more.")]
 ReselectEvery = Annotated[Optional[int], typer.Option(help="TAPE: dense rescoring block every R blocks.")]
 Schedule = Annotated[Optional[str], typer.Option(help="TAPE timestep budget: highlow, constant or lowhigh.")]
@@ -43,10 +47,12 @@ Frames = Annotated[Optional[int], typer.Option(help="Frames (4k+1).")]
 Height = Annotated[Optional[int], typer.Option(help="Height in pixels (multiple of 16).")]
 Width = Annotated[Optional[int], typer.Option(help="Width in pixels (multiple of 16).")]
 Guidance = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed, in [0, 2**63) (default 0).")]
 Fps = Annotated[Optional[int], typer.Option(help="Frames per second of the MP4.")]
-Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16 (the VAE stays float32).")]
+Device = Annotated[Optional[str], typer.Option(help="torch device: cpu, cuda, cuda:1, ... (default cpu).")]
+Dtype = Annotated[
+    Optional[str], typer.Option(help="float32, bfloat16 or float16 (default float32; the VAE stays float32).")
+]
 Preset = Annotated[
     Optional[str], typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b) or YAML path; flags override.")
 ]
@@ -103,6 +109,8 @@ def check_model(gen, prunes: list, info=None):
     from ..models import inspect_model
     from ..pruning import make_pruner
 
+    if gen.device == "meta":
+        raise ValueError("--device meta holds no weights: it is for bench --profile's FLOP bound of a real-size model")
     info = info or inspect_model(gen.model)
     info.adapter.check_inputs(gen, info)
     for prune in prunes:
@@ -112,7 +120,8 @@ def check_model(gen, prunes: list, info=None):
 
 def load_checked_pipeline(gen, prunes: list, verbose: bool):
     """Check `gen`'s model before loading (exit 2), load it (a failure is exit 1), then refuse (exit 2) any pruning
-    config the loaded model cannot run (a router trained for another model)."""
+    config the loaded model cannot run (a router trained for another model), and warn about prompt words the model
+    cannot read."""
     with bad_input():
         check_model(gen, prunes)
     with runtime_failure(verbose):
@@ -126,7 +135,20 @@ def load_checked_pipeline(gen, prunes: list, verbose: bool):
         for prune in prunes:
             for transformer in denoisers(pipe):
                 check_pruner(prune, transformer)
+    warn_unknown_words(pipe, {"prompt": gen.prompt, "negative prompt": gen.negative_prompt})
     return pipe
+
+
+def warn_unknown_words(pipe, texts: dict[str, str]) -> None:
+    """One warning line naming the words of `texts` (label → text) that the model's vocabulary lacks; the run goes
+    on (they are read as its unknown token)."""
+    from ..vocabulary import unknown_words
+
+    found = {label: words for label, text in texts.items() if (words := unknown_words(pipe.tokenizer, text))}
+    if found:
+        listed = "; ".join(f"{label}: {', '.join(words)}" for label, words in found.items())
+        console.print(f"[yellow]warning:[/yellow] words outside the model's vocabulary, read as unknown: "
+                      f"{escape(listed)}", highlight=False, soft_wrap=True)
 
 
 def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:

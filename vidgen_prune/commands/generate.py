@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .common import (
     EXIT_RUNTIME,
@@ -41,25 +42,32 @@ from .common import (
     load_checked_pipeline,
     print_json,
     runtime_failure,
+    warn_unknown_words,
 )
+
+# what generate and visualize-masks prune with when neither a flag nor the preset says (PruneConfig's own default
+# is dense, which library callers rely on)
+COMMAND_PRUNE_DEFAULTS = {"method": "tape", "reduction": 0.3}
 
 
 def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | None):
-    """GenerateConfig and PruneConfig from dataclass defaults < preset < flags; raises ValueError on bad input."""
-    from ..config import GenerateConfig, PruneConfig
+    """GenerateConfig and PruneConfig from dataclass defaults < the command's defaults < preset < flags (None = not
+    given); raises ValueError on bad input, including kernels that cannot run on the device."""
+    from ..config import GenerateConfig, PruneConfig, check_kernels
     from ..presets import default_preset, load_preset, merged
 
     preset_name = preset_name or default_preset(generate_flags.get("model"))
     preset = load_preset(preset_name) if preset_name else None
     gen = GenerateConfig(**merged("generate", preset, generate_flags))
-    prune = PruneConfig(**merged("prune", preset, prune_flags))
+    prune = PruneConfig(**merged("prune", preset, prune_flags, defaults=COMMAND_PRUNE_DEFAULTS))
+    check_kernels(prune, gen.device)
     return gen, prune, preset_name
 
 
 def generate(
     prompt: OptionalPrompt = None,
-    method: Method = "tape",
-    reduction: Reduction = 0.3,
+    method: Method = None,
+    reduction: Reduction = None,
     model: Model = None,
     negative_prompt: NegativePrompt = None,
     steps: Steps = None,
@@ -67,7 +75,7 @@ def generate(
     height: Height = None,
     width: Width = None,
     guidance: Guidance = None,
-    seed: Seed = 0,
+    seed: Seed = None,
     fps: Fps = None,
     alpha: Alpha = None,
     reselect_every: ReselectEvery = None,
@@ -76,8 +84,8 @@ def generate(
     kernels: Kernels = None,
     restore: Restore = None,
     router: RouterDir = None,
-    device: Device = "cpu",
-    dtype: Dtype = "float32",
+    device: Device = None,
+    dtype: Dtype = None,
     preset: Preset = None,
     out: OutPath = None,
     prompts: PromptsFile = None,
@@ -103,18 +111,18 @@ def generate(
         return
     with bad_input():
         gen, prune, preset_name = build_configs(generate_flags, prune_flags, preset)
-        from ..engine import check_writable
+        from ..outputs import check_writable
 
-        out_path = out or Path(f"vidprune_{prune.method}_r{prune.reduction:g}_seed{gen.seed}.mp4")
-        check_writable(out_path)
+        out_path = gen.out or Path(f"vidprune_{prune.method}_r{prune.reduction:g}_seed{gen.seed}.mp4")
+        check_writable(out_path, out_path.with_suffix(".json"))
 
     pipe = load_checked_pipeline(gen, [prune], verbose)
     with runtime_failure(verbose):
         result = _run_with_progress(pipe, gen, prune)
-        from ..engine import sidecar, write_json, write_video
+        from ..engine import sidecar
+        from ..outputs import write_video_with_sidecar
 
-        write_video(result.frames, out_path, gen.fps)
-        write_json(sidecar(gen, prune, result, preset_name), out_path.with_suffix(".json"))
+        write_video_with_sidecar(result.frames, out_path, gen.fps, sidecar(gen, prune, result, preset_name))
 
     timings = result.timings()
     if json_output:
@@ -145,9 +153,7 @@ def _is_batch(prompt: str | None, prompts: Path | None, out: Path | None, out_di
     """--prompts FILE (a batch) or --prompt TEXT (one video); raises ValueError for flags that do not go together."""
     from ..batch import World
 
-    if prompts is None:
-        if prompt is None:
-            raise ValueError("give --prompt TEXT, or --prompts FILE with --out-dir")
+    if prompts is None:  # one video; its prompt is the flag's or the preset's (GenerateConfig refuses neither)
         if out_dir is not None:
             raise ValueError("--out-dir goes with --prompts; for one --prompt use --out")
         if World.from_env().size > 1:
@@ -166,35 +172,49 @@ def _generate_batch(
     prompts: Path, out_dir: Path, generate_flags: dict, prune_flags: dict, preset: str | None, json_output: bool,
     verbose: bool,
 ) -> None:
-    from ..batch import Manifest, World, check_items, read_prompt_file, run_batch
-    from ..engine import check_writable, load_pipeline
+    from dataclasses import replace
+
+    from ..batch import Manifest, OutDirLock, World, check_items, read_prompt_file, run_batch
+    from ..engine import load_pipeline
     from ..models import denoisers, inspect_model
+    from ..outputs import check_writable
     from ..pruning import check_pruner
     from .common import check_model
 
     with bad_input():
         world = World.from_env()
-        generate_flags = generate_flags | {"device": world.device(generate_flags["device"])}
-
-        info = inspect_model(generate_flags["model"])
+        infos = {}  # model → what its JSON files say, read once
 
         def item_configs(item_generate_flags: dict, item_prune_flags: dict):
             gen, prune, preset_name = build_configs(
                 generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset
             )
-            check_model(gen, [prune], info)
-            return gen, prune, preset_name
+            if gen.out is not None:
+                raise ValueError("the preset's generate.out is for one --prompt; --prompts writes into --out-dir")
+            if gen.model not in infos:
+                infos[gen.model] = inspect_model(gen.model)
+            check_model(gen, [prune], infos[gen.model])
+            return replace(gen, device=world.device(gen.device)), prune, preset_name
 
         items = read_prompt_file(prompts, item_configs)
         manifest = Manifest(out_dir)
         check_writable(manifest.part(world.rank))
         manifest.check_same_run(items)
-    with runtime_failure(verbose):
-        pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype)
-    with bad_input():
-        check_items(items, lambda item: [check_pruner(item.prune, transformer) for transformer in denoisers(pipe)])
-    with runtime_failure(verbose):
-        summary = run_batch(pipe, items, out_dir, world, on_item=_item_reporter(world, verbose))
+        lock = OutDirLock(out_dir, world)
+        if out_dir.is_dir():  # a live run can only be in a folder that exists: refuse it before loading
+            lock.acquire()
+    with lock:
+        with runtime_failure(verbose):
+            pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype)
+        with bad_input():
+            check_items(items, lambda item: [check_pruner(item.prune, transformer) for transformer in denoisers(pipe)])
+            lock.acquire()  # creates a new folder only now that nothing can refuse the run
+        if not lock.locked:
+            console.print(f"[yellow]warning:[/yellow] the filesystem of {escape(str(out_dir))} cannot lock files: "
+                          "another run on this --out-dir would not be detected", highlight=False, soft_wrap=True)
+        warn_unknown_words(pipe, {f"line {item.line}": item.gen.prompt for item in items})
+        with runtime_failure(verbose):
+            summary = run_batch(pipe, items, out_dir, world, on_item=_item_reporter(world, verbose))
 
     if json_output:
         print_json(summary.to_dict())

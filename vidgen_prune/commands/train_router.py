@@ -20,6 +20,7 @@ from .common import (
     console,
     key_value_table,
     runtime_failure,
+    warn_unknown_words,
 )
 
 
@@ -41,27 +42,26 @@ def train_router(
     width: Width = None,
     guidance: Guidance = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints.")] = 25,
-    seed: Seed = 0,
-    device: Device = "cpu",
+    seed: Seed = None,
+    device: Device = None,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Tracebacks and library logs."),
 ) -> None:
     """Train a per-block temporal router and per-layer retention ratios by matching the dense model's velocity."""
     with bad_input():
-        from ..engine import check_writable
+        from ..outputs import check_writable
         from ..router_training import TrainRouterConfig, checkpoint_step, read_prompts, sampling_config
 
         prompt_list = read_prompts(prompts)
+        sampling = sampling_config(
+            model,
+            prompt_list[0] if prompt_list else "-",
+            dict(steps=sample_steps, frames=frames, height=height, width=width, guidance=guidance, seed=seed,
+                 device=device),
+        )
         config = TrainRouterConfig(
-            prompts=prompt_list,
-            out=out,
-            sampling=sampling_config(
-                model,
-                prompt_list[0] if prompt_list else "-",
-                dict(steps=sample_steps, frames=frames, height=height, width=width, guidance=guidance, seed=seed,
-                     device=device),
-            ),
+            prompts=prompt_list, out=out, sampling=sampling,
             target_reduction=target_reduction, steps=steps, lr=lr, ratio_lr=ratio_lr, ratio_weight=ratio_weight,
-            batch=batch, checkpoint_every=checkpoint_every, seed=seed,
+            batch=batch, checkpoint_every=checkpoint_every, seed=sampling.seed,  # --seed, else the preset's, else 0
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)
@@ -70,7 +70,8 @@ def train_router(
     with runtime_failure(verbose):
         from ..engine import load_pipeline
 
-        pipe = load_pipeline(config.sampling.model, config.sampling.device)
+        pipe = load_pipeline(config.sampling.model, config.sampling.device, config.sampling.dtype)
+    warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(config.prompts)})
     with bad_input():
         from ..pruning.router import check_fits, read_router_meta
 

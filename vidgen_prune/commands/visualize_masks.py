@@ -41,12 +41,12 @@ PngPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG grid p
 
 
 def visualize_masks(
-    prompt: Prompt,
     layer: Layer,
     step: Step,
-    method: Method = "tape",
+    prompt: Prompt = None,
+    method: Method = None,
     compare: Compare = None,
-    reduction: Reduction = 0.3,
+    reduction: Reduction = None,
     restore: Restore = None,
     model: Model = None,
     steps: Steps = None,
@@ -54,10 +54,10 @@ def visualize_masks(
     height: Height = None,
     width: Width = None,
     guidance: Guidance = None,
-    seed: Seed = 0,
+    seed: Seed = None,
     fps: Fps = None,
-    device: Device = "cpu",
-    dtype: Dtype = "float32",
+    device: Device = None,
+    dtype: Dtype = None,
     preset: Preset = None,
     out: PngPath = None,
     json_output: JsonOutput = False,
@@ -65,7 +65,6 @@ def visualize_masks(
 ) -> None:
     """Draw each method's keep/skip mask at one block and step over its decoded frames (skipped tokens red),
     side by side as an MP4 and a PNG grid, and print the adjacent-frame IoU of the skipped sets."""
-    methods = list(dict.fromkeys([method, *(compare or [])]))
     generate_flags = dict(
         prompt=prompt, model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
         seed=seed, fps=fps, device=device, dtype=dtype,
@@ -73,18 +72,19 @@ def visualize_masks(
     with bad_input():
         from ..pruning import MERGING
 
-        configs = [
-            build_configs(generate_flags, dict(method=name, reduction=reduction,
-                                               restore=None if name in MERGING else restore), preset)
-            for name in methods
-        ]
-        gen, prunes = configs[0][0], [prune for _, prune, _ in configs]
-        png = out or Path(f"vidprune_masks_{'_'.join(methods)}_layer{layer}_step{step}.png")
+        def prune_flags(name: str | None) -> dict:
+            return dict(method=name, reduction=reduction, restore=None if name in MERGING else restore)
+
+        gen, first, _ = build_configs(generate_flags, prune_flags(method), preset)
+        methods = list(dict.fromkeys([first.method, *(compare or [])]))  # --method, else the preset's, else tape
+        prunes = [first] + [build_configs(generate_flags, prune_flags(name), preset)[1] for name in methods[1:]]
+        named = f"vidprune_masks_{'_'.join(methods)}_layer{layer}_step{step}.png"
+        png = out or (gen.out.with_suffix(".png") if gen.out else Path(named))  # a preset's generate.out names it too
         if png.suffix.lower() != ".png":
             raise ValueError(f"--out must be a .png path (the MP4 goes beside it), got {png}")
-        from ..engine import check_writable
+        from ..outputs import check_writable
 
-        check_writable(png)
+        check_writable(png, png.with_suffix(".mp4"))
 
     pipe = load_checked_pipeline(gen, prunes, verbose)
     with bad_input():
@@ -93,14 +93,13 @@ def visualize_masks(
         check_position(pipe, gen, layer, step)
 
     with runtime_failure(verbose):
-        from ..viz import TokenGeometry, mask_views, write_grid_png, write_side_by_side_video
+        from ..viz import TokenGeometry, mask_views, write_mask_files
 
         views = mask_views(pipe, gen, prunes, layer, step)
-        write_side_by_side_video(views, png.with_suffix(".mp4"), gen.fps)
-        write_grid_png(views, png, TokenGeometry.of(pipe), layer, step)
+        video = write_mask_files(views, png, TokenGeometry.of(pipe), layer, step, gen.fps)
 
     if json_output:
-        print_json({"png": str(png), "video": str(png.with_suffix(".mp4")), "layer": layer, "step": step,
+        print_json({"png": str(png), "video": str(video), "layer": layer, "step": step,
                     "methods": [view.to_dict() for view in views]})
         return
     table = Table(
