@@ -279,7 +279,7 @@ RUN_FIELDS = (
     "tflops", "flop_bound_speedup", "peak_memory_mb",
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou",
     "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
-    "adherence_count",
+    "adherence_count", "kernel_path", "fused_error", "score_kernel_path", "score_error",
 )
 MEAN_FIELDS = (
     "kept_fraction", "block_fraction", "cache_compute_fraction", "flop_bound_speedup", "total_s", "transformer_s",
@@ -467,7 +467,7 @@ class Bench:
             kept_fraction=first.kept_fraction, block_fraction=first.block_calls / (first.transformer_calls * layers),
             cache_compute_fraction=first.cache_compute_fraction,
             tflops=flops / 1e12, flop_bound_speedup=first.transformer_calls * layers * dense_block / flops,
-            peak_memory_mb=max(r.peak_memory_mb for r in results),
+            peak_memory_mb=max(r.peak_memory_mb for r in results), **first.kernels,
         )
         if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
             record.update(video_fidelity(reference, first.frames))
@@ -551,6 +551,7 @@ class Bench:
             transformer_calls=calls, kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
             cache_compute_fraction=compute_fraction, tflops=flops / 1e12,
             flop_bound_speedup=calls * layers * dense_block / flops, peak_memory_mb=_peak_memory_mb(device),
+            **controller.kernel_report(),
         )
         return record
 

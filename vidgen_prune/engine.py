@@ -63,6 +63,7 @@ class GenerationResult:
     block_calls: int = 0  # block forwards that ran (a cache skips some of transformer_calls × blocks)
     cache_compute_fraction: float | None = None  # calls of the cache-hooked modules that computed; None: no cache
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
+    kernels: dict = field(default_factory=dict)  # PruneController.kernel_report(): path taken, auto's check error
 
     @property
     def frames_per_s(self) -> float:
@@ -189,6 +190,7 @@ def generate(
         block_calls=controller.log.total // controller.grid.num_tokens,
         cache_compute_fraction=controller.cache.compute_fraction if controller.cache else None,
         masks=controller.log.masks,
+        kernels=controller.kernel_report(),
     )
 
 
@@ -244,6 +246,7 @@ def sidecar(gen: GenerateConfig, prune: PruneConfig, result: GenerationResult, p
         "achieved_kept_fraction": result.kept_fraction,
         "tokens_per_forward": result.tokens_per_forward,
         "timings": result.timings(),
+        "kernels": result.kernels,
         "device": torch.cuda.get_device_name(torch.device(gen.device))
         if gen.device.startswith("cuda")
         else platform.processor() or "cpu",

@@ -13,6 +13,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..kernels.dispatch import resolve_backend
+from ..kernels.guard import FusedGuard, path_taken
 from ..models import ModelAdapter, adapter_for
 from .base import ForwardInfo, Pruner
 from .scores import ScoreProbe
@@ -39,9 +40,13 @@ class KeptTokenLog:
 class PruneController:
     """All pruning state of one transformer: the pruner, the step counter and the kept-token log."""
 
-    def __init__(self, transformer, pruner: Pruner, adapter: ModelAdapter, backend: str, max_queries: int):
+    def __init__(self, transformer, pruner: Pruner, adapter: ModelAdapter, backend: str, max_queries: int,
+                 check_kernels: bool = False):
         self.transformer, self.pruner, self.adapter = transformer, pruner, adapter
         self.backend, self.max_queries = backend, max_queries
+        # --kernels auto: each fused path is compared with torch on its first call of a run (explicit triton: trusted)
+        self.fused_guard = FusedGuard("the fused skip forward", check=check_kernels)
+        self.score_guard = FusedGuard("the attention-score kernel", check=check_kernels)
         self.num_layers = len(adapter.blocks(transformer))
         self.num_steps = 1
         self.log = KeptTokenLog()
@@ -72,13 +77,20 @@ class PruneController:
         self.log.forwards += 1
 
     def run_block(self, layer: int, block, original_forward, hidden_states: torch.Tensor, *block_args):
-        probe = ScoreProbe(self.adapter, block, hidden_states, block_args, self.grid, self.max_queries, self.backend)
+        probe = ScoreProbe(self.adapter, block, hidden_states, block_args, self.grid, self.max_queries, self.backend,
+                           self.score_guard)
         plan = self.pruner.plan(layer, probe)
         tokens = hidden_states.shape[1]
         kept = tokens if plan is None else plan.kept
         self._account(layer, kept, tokens, plan)
         if plan is None:
             return original_forward(hidden_states, *block_args)
+
+        def gather_block_scatter():
+            rows = plan.gather(hidden_states)  # (B, K, D)
+            rows_out = original_forward(rows, *self.adapter.gather_block_args(plan.positions, block_args))
+            return plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
+
         if plan.is_skip and self.backend == "triton":
             from ..models.wan_fused import fused_skip_forward
 
@@ -86,10 +98,15 @@ class PruneController:
             # hidden_states to each block's output, holds it; another hook on the block (a cache) may read it
             if len(block._diffusers_hook.hooks) > 1:
                 hidden_states = hidden_states.clone()
-            return fused_skip_forward(block, hidden_states, plan.positions, *block_args, backend="triton")
-        rows = plan.gather(hidden_states)  # (B, K, D)
-        rows_out = original_forward(rows, *self.adapter.gather_block_args(plan.positions, block_args))
-        return plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
+            return self.fused_guard.run(  # on a check the torch path runs first, so the in-place update comes after
+                lambda: fused_skip_forward(block, hidden_states, plan.positions, *block_args, backend="triton"),
+                gather_block_scatter, base=hidden_states)
+        return gather_block_scatter()
+
+    def kernel_report(self) -> dict:
+        """Which path the pruned blocks and the scores took, and --kernels auto's first-call error (tolerance units)."""
+        return {"kernel_path": path_taken(self.backend, self.fused_guard), "fused_error": self.fused_guard.error,
+                "score_kernel_path": path_taken(self.backend, self.score_guard), "score_error": self.score_guard.error}
 
     def _account(self, layer: int, kept: int, tokens: int, plan) -> None:
         log = self.log
@@ -132,7 +149,7 @@ def apply_pruner(
     blocks = adapter.blocks(transformer)
     pruner.check_budget(len(blocks))
     backend = resolve_backend(kernels, next(transformer.parameters()).device)
-    controller = PruneController(transformer, pruner, adapter, backend, max_queries)
+    controller = PruneController(transformer, pruner, adapter, backend, max_queries, check_kernels=kernels == "auto")
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(_TransformerHook(controller), TRANSFORMER_HOOK)
     for layer, block in enumerate(blocks):

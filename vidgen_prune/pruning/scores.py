@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..kernels.attention_score import attention_received
+from ..kernels.guard import FusedGuard
 from ..models import ModelAdapter, TokenGrid
 
 
@@ -34,9 +35,10 @@ class ScoreProbe:
         grid: TokenGrid,
         max_queries: int,
         backend: str,
+        guard: FusedGuard | None = None,
     ):
         self.adapter, self.block, self.hidden_states, self.block_args = adapter, block, hidden_states, block_args
-        self.grid, self.max_queries, self.backend = grid, max_queries, backend
+        self.grid, self.max_queries, self.backend, self.guard = grid, max_queries, backend, guard
 
     @torch.no_grad()
     def attention(self, positions: torch.Tensor | None = None, frame_local: bool = False) -> torch.Tensor:
@@ -59,7 +61,13 @@ class ScoreProbe:
             query_index = (offsets + group_queries).flatten().expand(batch, -1)  # (B, G·Sq)
         query, key = self.adapter.query_key(self.block, hidden, args, query_index)  # (B, h, G·Sq, d), (B, h, K, d)
         tokens_per_frame = per_group if frame_local else None
-        return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=self.backend)  # (B, K)
+
+        def received(backend: str) -> torch.Tensor:
+            return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=backend)  # (B, K)
+
+        if self.backend == "torch" or self.guard is None:
+            return received(self.backend)
+        return self.guard.run(lambda: received("triton"), lambda: received("torch"))  # (B, K)
 
 
 def smooth_temporal(scores: torch.Tensor, grid: TokenGrid, alpha: float) -> torch.Tensor:
