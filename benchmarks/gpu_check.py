@@ -12,8 +12,8 @@ stage cannot eat the rest; results are rewritten after every stage:
   profile-triton     the same with --kernels triton
   correctness        one pruned bf16 forward: the fused path against the torch path on the same kept tokens, both
                      against the same forward in fp32; the guard's error at every pruned block; what auto chose
-  profile-baselines  evit, tome and stavit at 0.3 (--kernels auto)
   profile-e2e        dense and tape at 0.3 with a real-size VAE decode (--e2e)
+  profile-baselines  evit, tome and stavit at 0.3 (--kernels auto)
   profile-compile    dense and tape at 0.3 with --compile (--kernels torch: the fused path calls the block's
                      submodules itself, so it would bypass the compiled block forward)
   bench-kernels      benchmarks/bench_kernels.py
@@ -58,8 +58,8 @@ MIN_STAGE_S = 20  # a stage is not started with less time than this left
 
 def plan(rehearse: bool) -> dict:
     """Shared settings of the two modes. Device: a dense Wan2.1-1.3B forward at 81×480×832 was 627 ms on an H100,
-    so a 5-step sequence is ~3 s, a record (warm-up + 2 timed + 1 mask-recording sequence) ~13 s dense, ~8 s for
-    tape at 0.3; a bench process adds ~15 s (imports, random init of 1.3 B parameters)."""
+    so a 5-step sequence (one step per HighLow level) is ~3 s and a record of the speedup stages (warm-up, 2 timed,
+    1 mask-recording sequence) ~13 s dense, ~8 s for tape at 0.3; a bench process adds ~10 s of imports."""
     if rehearse:
         return dict(device="cpu", steps=2, warmup=0, repeats=1, latent="3,8,8", deadline=2400, cap_scale=6.0,
                     kernel_shapes=["--tokens", "48", "--tokens-per-frame", "16", "--dim", "64", "--heads", "4",
@@ -69,28 +69,29 @@ def plan(rehearse: bool) -> dict:
 
 
 def bench_stages(settings: dict, preset: str | None, profiles: list[str]) -> list[tuple[str, list[str], float]]:
-    """(name, vidprune bench arguments, time cap in s on the GPU) for every bench stage, in priority order."""
-    common = ["--device", settings["device"], "--dtype", "bfloat16", "--steps", str(settings["steps"]),
-              "--warmup", str(settings["warmup"]), "--repeats", str(settings["repeats"])]
+    """(name, vidprune bench arguments, time cap in s on the GPU) for every stage after the kernel tests, in
+    priority order. The speedup stages time 2 sequences per record, the others 1."""
+    common = ["--device", settings["device"], "--dtype", "bfloat16", "--warmup", str(settings["warmup"])]
     if settings["latent"]:
         common += ["--profile-latent", settings["latent"]]
 
-    def profile(name: str, methods: str, reductions: str, *extra: str) -> list[str]:
+    def profile(name: str, methods: str, reductions: str, *extra: str, repeats: int = 1,
+                steps: int = settings["steps"]) -> list[str]:
         chosen = ["--preset", preset] if preset and name == PRIMARY else []
-        return ["--profile", name, "--methods", methods, "--reductions", reductions, *common, *chosen, *extra]
+        return ["--profile", name, "--methods", methods, "--reductions", reductions, *common, "--steps", str(steps),
+                "--repeats", str(min(repeats, settings["repeats"])), *chosen, *extra]
 
     stages = [
-        ("profile-torch", profile(PRIMARY, "dense,tape", "0.2,0.3,0.4", "--kernels", "torch"), 110),
-        ("profile-triton", profile(PRIMARY, "dense,tape", "0.2,0.3,0.4", "--kernels", "triton"), 110),
+        ("profile-torch", profile(PRIMARY, "dense,tape", "0.2,0.3,0.4", "--kernels", "torch", repeats=2), 110),
+        ("profile-triton", profile(PRIMARY, "dense,tape", "0.2,0.3,0.4", "--kernels", "triton", repeats=2), 110),
         ("correctness", [], 90),
-        ("profile-baselines", profile(PRIMARY, "dense,evit,tome,stavit", "0.3"), 100),
-        ("profile-e2e", profile(PRIMARY, "dense,tape", "0.3", "--e2e"), 100),
+        ("profile-e2e", profile(PRIMARY, "dense,tape", "0.3", "--e2e"), 90),
+        ("profile-baselines", profile(PRIMARY, "dense,evit,tome,stavit", "0.3"), 90),
         ("profile-compile", profile(PRIMARY, "dense,tape", "0.3", "--compile", "--kernels", "torch"), 150),
         ("bench-kernels", [], 60),
     ]
     for name in sorted((p for p in profiles if p != PRIMARY), key=model_size):
-        quick = [arg for arg in profile(name, "dense,tape", "0.3") if arg not in ("--steps", str(settings["steps"]))]
-        stages.append((f"extra:{name}", [*quick, "--steps", "2"], 150))
+        stages.append((f"extra:{name}", profile(name, "dense,tape", "0.3", steps=2), 150))
     return stages
 
 
@@ -233,7 +234,10 @@ class Run:
             except subprocess.TimeoutExpired:
                 entry["timed_out"] = True
                 for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-                    os.killpg(process.pid, sig)
+                    try:
+                        os.killpg(process.pid, sig)
+                    except ProcessLookupError:  # it ended on its own meanwhile
+                        pass
                     try:
                         entry["rc"] = process.wait(timeout=grace)
                         break
@@ -494,7 +498,9 @@ def correctness(path: Path, rehearse: bool) -> None:
         """auto's check at every pruned block, not only the first; returns the torch result, so every block sees the
         torch path's input."""
 
-        errors: list[float] = []
+        def __init__(self):
+            super().__init__("the fused skip forward, every block", check=True)
+            self.errors: list[float] = []
 
         def run(self, fused, reference, base=None):
             self.state = "pending"
@@ -515,7 +521,7 @@ def correctness(path: Path, rehearse: bool) -> None:
 
     torch_out = replay(transformer, "torch", inputs)
     fused_out = replay(transformer, "triton", inputs)
-    guard = EveryBlock("fused skip forward (every block)", check=True)
+    guard = EveryBlock()
     replay(transformer, "auto", inputs, guard)
     result["guard_errors"] = guard.errors
     result["guard_errors_max"] = max(guard.errors) if guard.errors else None

@@ -54,8 +54,9 @@ class FusedGuard:
     """Chooses between a fused callable and its reference for one run; holds what it found.
 
     state: "pending" (checked on the next call), "verified", "fell back" (the reference runs from then on) or
-    "trusted" (check=False: explicit request, never compared). error: the first call's disagreement in units of the
-    tolerance (see `disagreement`); max_abs_error: the same, unscaled. Both None until a check ran.
+    "trusted" (check=False: explicit request, never compared). calls: how often it was asked. error: the first
+    call's disagreement in units of the tolerance (see `disagreement`); max_abs_error: the same, unscaled. Both None
+    until a check ran.
     """
 
     def __init__(self, name: str, check: bool):
@@ -63,6 +64,7 @@ class FusedGuard:
         self.state = PENDING if check else TRUSTED
         self.error: float | None = None
         self.max_abs_error: float | None = None
+        self.calls = 0
 
     @property
     def uses_fused(self) -> bool:
@@ -73,6 +75,7 @@ class FusedGuard:
         """The fused result, or the reference's once they disagreed. On the check, reference runs first and must
         not modify its inputs; fused may (in place), so `base` (what the call changes, e.g. the block input; None:
         compare with the output's own scale) is read before it."""
+        self.calls += 1
         if self.state != PENDING:
             return fused() if self.uses_fused else reference()
         expected = reference()
@@ -100,12 +103,13 @@ class FusedGuard:
 
 
 def path_taken(backend: str, guard: FusedGuard) -> str | None:
-    """What ran where `guard` chose: "torch", "triton", "triton (verified)", "torch (fell back)", or None when
-    --kernels auto never reached it (no pruned block, or no score taken)."""
+    """What ran where `guard` chooses: "torch" (the torch backend), "triton", "triton (verified)", "torch (fell
+    back)", or None when the Triton backend never reached it (no pruned block, or no score taken)."""
     if backend == "torch":
         return "torch"
-    paths = {PENDING: None, TRUSTED: "triton", VERIFIED: "triton (verified)", FELL_BACK: "torch (fell back)"}
-    return paths[guard.state]
+    if not guard.calls:
+        return None
+    return {TRUSTED: "triton", VERIFIED: "triton (verified)", FELL_BACK: "torch (fell back)"}[guard.state]
 
 
 def device_label(device: torch.device) -> str:

@@ -15,7 +15,8 @@ from test_pruning import transformer_inputs
 from vidgen_prune.config import PruneConfig
 from vidgen_prune.engine import pruned
 from vidgen_prune.kernels import guard as guard_module
-from vidgen_prune.kernels.guard import TOLERANCES, FusedGuard, disagreement
+from vidgen_prune.kernels.common import interpreting
+from vidgen_prune.kernels.guard import TOLERANCES, FusedGuard, disagreement, path_taken
 from vidgen_prune.models import wan_fused
 from vidgen_prune.pruning import hooks
 
@@ -97,9 +98,16 @@ def test_an_explicit_request_is_trusted_unchecked():
     guard = FusedGuard("op", check=False)
     guard.run(fused, reference, base=base)
     assert (guard.state, guard.error, reference.calls) == ("trusted", None, 0)
+    assert path_taken("triton", guard) == "triton" and path_taken("torch", guard) == "torch"
+    assert path_taken("triton", FusedGuard("op", check=False)) is None, "never asked: nothing ran there"
 
 
 # ---------------------------------------------------------------- through the pruning controller, real kernels
+
+
+# the tiny pipeline lives on the CPU, where Triton runs only on the interpreter; on a GPU machine gpu_check.py checks
+# the guard natively, at real size
+needs_interpreter = pytest.mark.skipif(not interpreting(), reason="needs the Triton interpreter")
 
 
 @pytest.fixture
@@ -116,6 +124,7 @@ def tape_forward(pipe, kernels: str) -> tuple[torch.Tensor, dict]:
     return output, controller.kernel_report()
 
 
+@needs_interpreter
 @pytest.mark.usefixtures("auto_picks_triton")
 def test_auto_verifies_the_real_kernels_and_keeps_them(tiny_pipe, caplog):
     with caplog.at_level(logging.WARNING):
@@ -128,6 +137,7 @@ def test_auto_verifies_the_real_kernels_and_keeps_them(tiny_pipe, caplog):
     torch.testing.assert_close(auto, triton, atol=0, rtol=0)  # the check changed nothing: the same kernels ran
 
 
+@needs_interpreter
 @pytest.mark.usefixtures("auto_picks_triton")
 def test_auto_falls_back_to_torch_when_the_fused_forward_is_wrong(tiny_pipe, monkeypatch, caplog):
     real = wan_fused.fused_skip_forward
