@@ -153,9 +153,14 @@ missing = [m for m in sys.argv[1].split(",") if importlib.util.find_spec(m) is N
 info = {"python": platform.python_version(), "missing": missing}
 if not missing:
     import diffusers, torch, triton, vidgen_prune
-    from vidgen_prune.bench import PROFILES
+    try:  # every family's profiles, where the adapters own them
+        from vidgen_prune.models import profiles
+        names = list(profiles())
+    except ImportError:  # one table in the bench
+        from vidgen_prune.bench import PROFILES
+        names = list(PROFILES)
     info.update(torch=torch.__version__, triton=triton.__version__, diffusers=diffusers.__version__,
-                vidgen_prune=vidgen_prune.__file__, profiles=list(PROFILES), cuda=torch.cuda.is_available())
+                vidgen_prune=vidgen_prune.__file__, profiles=names, cuda=torch.cuda.is_available())
     if torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()),
                     cuda_version=torch.version.cuda, memory_gb=torch.cuda.get_device_properties(0).total_memory / 2**30)
@@ -475,7 +480,7 @@ def correctness(path: Path, rehearse: bool) -> None:
     torch.manual_seed(0)
     transformer = build_profile_transformer(PRIMARY, device, torch.bfloat16)
     config = transformer.config
-    frames, height, width = spec.profile_latent
+    frames, height, width = getattr(spec, "latent", None) or spec.profile_latent  # `latent`: the profile's own
     inputs = dict(hidden_states=torch.randn(1, config.in_channels, frames, height, width, device=device,
                                             dtype=torch.bfloat16),
                   encoder_hidden_states=torch.randn(1, spec.gen.max_sequence_length, config.text_dim, device=device,
