@@ -2,6 +2,8 @@
 
 Shapes are Wan2.1-T2V-1.3B at 81 × 480 × 832 (32,760 tokens, D 1536, 12 heads × 128, ffn 8960), one CFG pass
 (B = 1), bf16, keep fraction 0.7 by default. Needs a CUDA GPU; results go to a JSON file with the GPU's name:
+(with TRITON_INTERPRET=1 and no GPU it runs on the CPU interpreter as a smoke test of the script: give it tiny shapes;
+its timings mean nothing)
 
     python benchmarks/bench_kernels.py --out benchmarks/results/kernels_$(nvidia-smi --query-gpu=name \
         --format=csv,noheader | tr ' ' _).json
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,8 +41,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()  # before the CUDA check, so --help works anywhere
-    if not torch.cuda.is_available():
-        sys.exit("bench_kernels.py times CUDA kernels and needs a CUDA GPU; torch.cuda.is_available() is False here.")
+    from vidgen_prune.kernels.common import interpreting
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and not interpreting():
+        sys.exit("bench_kernels.py times CUDA kernels and needs a CUDA GPU; torch.cuda.is_available() is False here "
+                 "(TRITON_INTERPRET=1 runs it on the CPU interpreter as a smoke test).")
     import triton.testing
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
@@ -52,7 +60,8 @@ def main() -> None:
     from vidgen_prune.models.wan_fused import fused_skip_forward
 
     torch.manual_seed(0)
-    dev, dtype = "cuda", torch.bfloat16
+    dev, dtype = ("cuda" if on_gpu else "cpu"), torch.bfloat16
+    measure = triton.testing.do_bench if on_gpu else wall_clock
     N, D, H = args.tokens, args.dim, args.heads
     K, hd = round(args.keep * N), D // H
     x = torch.randn(1, N, D, device=dev, dtype=dtype)  # (1, N, D)
@@ -98,12 +107,12 @@ def main() -> None:
     for name, thunks in cases.items():
         results[name] = {}
         for backend, fn in thunks.items():
-            median, p20, p80 = triton.testing.do_bench(fn, quantiles=QUANTILES)
+            median, p20, p80 = measure(fn, quantiles=QUANTILES)
             results[name][backend] = {"median_ms": median, "p20_ms": p20, "p80_ms": p80}
             print(f"{name:32s} {backend:28s} {median:9.3f} ms  [{p20:.3f}, {p80:.3f}]")
 
     record = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if on_gpu else "none: CPU interpreter smoke test, timings meaningless",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
@@ -115,6 +124,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
+
+
+def wall_clock(fn, quantiles: list[float], runs: int = 3) -> list[float]:
+    """The CPU smoke test's stand-in for do_bench: ms of a few calls (median, fastest, slowest)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return [statistics.median(times), min(times), max(times)]
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ RUN_FIELDS = (
     "tflops", "flop_bound_speedup", "peak_memory_mb",
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou",
     "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
-    "adherence_count",
+    "adherence_count", "kernel_path", "fused_error", "score_kernel_path", "score_error",
 )
 # warp_ratio is inf for a perfectly still dense video and flicker NaN with no static pixel (metrics/temporal.py):
 # bench.json keeps them as Python's json writes them (Infinity, NaN), which its resume reads back
@@ -496,7 +496,7 @@ class Bench:
             kept_fraction=first.kept_fraction, block_fraction=first.block_calls / (first.transformer_calls * layers),
             cache_compute_fraction=first.cache_compute_fraction,
             tflops=first.flops / 1e12, flop_bound_speedup=first.flop_bound_speedup,
-            peak_memory_mb=max(r.peak_memory_mb for r in results),
+            peak_memory_mb=max(r.peak_memory_mb for r in results), **first.kernels,
         )
         if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
             record.update(video_fidelity(reference, first.frames))
@@ -573,7 +573,7 @@ class Bench:
             mode=f"profile:{spec.profile}", tokens_per_forward=tokens, transformer_calls=calls,
             kept_fraction=log.kept_fraction, block_fraction=block_calls / (calls * layers),
             cache_compute_fraction=compute_fraction, tflops=log.flops / 1e12,
-            flop_bound_speedup=log.dense_flops / log.flops,
+            flop_bound_speedup=log.dense_flops / log.flops, **controller.kernel_report(),
         )
         if not shapes_only:
             record.update(

@@ -63,6 +63,7 @@ class GenerationResult:
     denoiser_calls: list[int] = field(default_factory=list)  # forwards of each denoiser (A14B: two experts)
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
     grid: TokenGrid | None = None  # the video tokens of a forward
+    kernels: dict = field(default_factory=dict)  # PruneController.kernel_report(): path taken, auto's check error
 
     @property
     def frames_per_s(self) -> float:
@@ -176,6 +177,7 @@ def generate(
         denoiser_calls=[log.per_denoiser.get(index, 0) for index in range(len(controller.denoisers))],
         masks=log.masks,
         grid=controller.grid,
+        kernels=controller.kernel_report(),
     )
 
 
@@ -220,6 +222,7 @@ def sidecar(gen: GenerateConfig, prune: PruneConfig, result: GenerationResult, p
         "achieved_kept_fraction": result.kept_fraction,
         "tokens_per_forward": result.tokens_per_forward,
         "timings": result.timings(),
+        "kernels": result.kernels,
         "device": torch.cuda.get_device_name(torch.device(gen.device))
         if gen.device.startswith("cuda")
         else platform.processor() or "cpu",

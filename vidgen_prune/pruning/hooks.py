@@ -22,6 +22,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..kernels.dispatch import resolve_backend
+from ..kernels.guard import FusedGuard, path_taken
 from ..metrics.flops import restore_flops
 from ..models import BlockCall, ModelAdapter, adapter_for
 from .base import ForwardInfo, Pruner
@@ -60,9 +61,12 @@ class PruneController:
     """All pruning state of a pipeline's denoisers: the pruner, the step counter, the kept-token log, the timer."""
 
     def __init__(self, denoisers: list[torch.nn.Module], pruner: Pruner, adapter: ModelAdapter, backend: str,
-                 max_queries: int):
+                 max_queries: int, check_kernels: bool = False):
         self.denoisers, self.pruner, self.adapter = denoisers, pruner, adapter
         self.backend, self.max_queries = backend, max_queries
+        # --kernels auto: each fused path is compared with torch on its first call (explicit triton: trusted)
+        self.fused_guard = FusedGuard("the fused skip forward", check=check_kernels)
+        self.score_guard = FusedGuard("the attention-score kernel", check=check_kernels)
         self.num_layers = len(adapter.blocks(denoisers[0]))
         self.num_steps = 1
         self.cache = None  # the diffusers cache composed with this pruner (vidgen_prune.api adds one)
@@ -121,7 +125,7 @@ class PruneController:
 
     def run_block(self, layer: int, block, original_forward, args: tuple, kwargs: dict):
         call = BlockCall(block, self.adapter.layout(block), args, kwargs)
-        probe = ScoreProbe(self.adapter, block, call, self.grid, self.max_queries, self.backend)
+        probe = ScoreProbe(self.adapter, block, call, self.grid, self.max_queries, self.backend, self.score_guard)
         plan = self.pruner.plan(layer, probe)
         hidden_states = call.hidden_states  # (B, N, D)
         tokens = hidden_states.shape[1]
@@ -129,21 +133,31 @@ class PruneController:
         if plan is None:
             return original_forward(*args, **kwargs)
         restoring = self.restorer.enabled and plan.passes_through
+
+        def gather_block_scatter():
+            rows = plan.gather(hidden_states)  # (B, K, D)
+            rows_out, output = call.run(original_forward, rows, plan.positions)
+            video = plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
+            if restoring:
+                video = self.restorer.apply(video, rows, hidden_states, plan.positions, self.grid)  # (B, N, D)
+                self.log.flops += restore_flops(self.restorer.mode, tokens, plan.kept, hidden_states.shape[2],
+                                                self.grid.tokens_per_frame, self.restorer.rematched)
+            return call.with_video(output, video)
+
         fused = self.adapter.fused_skip(block) if plan.is_skip and self.backend == "triton" and not restoring else None
-        if fused is not None:
-            # the fused path updates its input in place: safe when only the transformer loop, which rebinds
-            # hidden_states to each block's output, holds it; another hook on the block (a cache) may read it
-            if len(block._diffusers_hook.hooks) > 1:
-                hidden_states = hidden_states.clone()
-            return fused(hidden_states, plan.positions, call)  # the block's output
-        rows = plan.gather(hidden_states)  # (B, K, D)
-        rows_out, output = call.run(original_forward, rows, plan.positions)
-        video = plan.scatter(hidden_states, rows, rows_out)  # (B, N, D)
-        if restoring:
-            video = self.restorer.apply(video, rows, hidden_states, plan.positions, self.grid)  # (B, N, D)
-            self.log.flops += restore_flops(self.restorer.mode, tokens, plan.kept, hidden_states.shape[2],
-                                            self.grid.tokens_per_frame, self.restorer.rematched)
-        return call.with_video(output, video)
+        if fused is None:
+            return gather_block_scatter()
+        # the fused path updates its input in place: safe when only the transformer loop, which rebinds
+        # hidden_states to each block's output, holds it; another hook on the block (a cache) may read it
+        fused_input = hidden_states.clone() if len(block._diffusers_hook.hooks) > 1 else hidden_states
+        # on a check the torch path runs first, so the fused path's in-place update comes after it
+        return self.fused_guard.run(lambda: fused(fused_input, plan.positions, call), gather_block_scatter,
+                                    base=hidden_states)
+
+    def kernel_report(self) -> dict:
+        """Which path the pruned blocks and the scores took, and --kernels auto's first-call error (tolerance units)."""
+        return {"kernel_path": path_taken(self.backend, self.fused_guard), "fused_error": self.fused_guard.error,
+                "score_kernel_path": path_taken(self.backend, self.score_guard), "score_error": self.score_guard.error}
 
     def _account(self, layer: int, kept: int, tokens: int, plan) -> None:
         log = self.log
@@ -220,7 +234,7 @@ def apply_pruner(
         raise ValueError(f"the denoisers have different depths {sorted(depths)}: one budget cannot span them")
     pruner.check_budget(depths.pop())
     backend = resolve_backend(kernels, next(denoisers[0].parameters()).device)
-    controller = PruneController(denoisers, pruner, adapter, backend, max_queries)
+    controller = PruneController(denoisers, pruner, adapter, backend, max_queries, check_kernels=kernels == "auto")
     for index, transformer in enumerate(denoisers):
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(_TransformerHook(controller, index), TRANSFORMER_HOOK)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.attention_score import attention_received
+from ..kernels.guard import FusedGuard
 from ..models import BlockCall, ModelAdapter, TokenGrid
 
 
@@ -31,9 +32,10 @@ class ScoreProbe:
         grid: TokenGrid,
         max_queries: int,
         backend: str,
+        guard: FusedGuard | None = None,
     ):
         self.adapter, self.block, self.call = adapter, block, call
-        self.grid, self.max_queries, self.backend = grid, max_queries, backend
+        self.grid, self.max_queries, self.backend, self.guard = grid, max_queries, backend, guard
 
     @property
     def hidden_states(self) -> torch.Tensor:
@@ -59,7 +61,13 @@ class ScoreProbe:
         # (B, h, G·Sq, d), (B, h, K, d)
         query, key = self.adapter.query_key(self.block, self.call, positions, query_index)
         tokens_per_frame = per_group if frame_local else None
-        return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=self.backend)  # (B, K)
+
+        def received(backend: str) -> torch.Tensor:
+            return attention_received(query, key, tokens_per_frame=tokens_per_frame, backend=backend)  # (B, K)
+
+        if self.backend == "torch" or self.guard is None:
+            return received(self.backend)
+        return self.guard.run(lambda: received("triton"), lambda: received("torch"))  # (B, K)
 
 
 def smooth_temporal(scores: torch.Tensor, grid: TokenGrid, alpha: float) -> torch.Tensor:
