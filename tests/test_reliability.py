@@ -421,11 +421,18 @@ def _value_for(key: str, tmp_path: Path, model: Path):
         "schedule_delta": 0.05, "schedule_stages": 3, "evit_layers": [0.25, 0.75], "score_queries": 64,
         "kernels": "torch", "cache": "fbcache", "fbcache_threshold": 0.1, "pab_skip": 3, "taylorseer_interval": 4,
         "router": str(REPO / "vidgen_prune" / "tiny" / "router"), "restore": "similar",
-        "image": str(_an_image(tmp_path)),
+        "image": str(_an_image(tmp_path)), "offload": "group", "attention_backend": "_native_math", "compile": True,
+        "lora": [str(_a_file(tmp_path, "style_lora.safetensors")) + ":0.5"], "vae_tiling": True,
     }
     companions = {"router": {"method": "router"}}
     assert key in values, f"give the new config field {key!r} a valid non-default value here"
     return values[key], companions.get(key, {})
+
+
+def _a_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"")
+    return path
 
 
 def _an_image(tmp_path: Path) -> Path:
@@ -580,7 +587,7 @@ def test_every_preset_generate_key_reaches_train_router(monkeypatch, tiny_model_
     prompts.write_text("a red circle\n")
     result = run("train-router", "--prompts", prompts, "--out", tmp_path / "router")
     assert result.exit_code == 1 and seen, result.output
-    assert getattr(seen[0].sampling, key) == value
+    assert getattr(seen[0].sampling, key) == _as_config_value(key, value)
     if key == "seed":
         assert seen[0].seed == value  # the router's own initialisation and draws too
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from .compose import compile_blocks
 from .config import GenerateConfig, PruneConfig, check_seed
 from .models import profiles
 from .pruning import MERGING, METHODS
@@ -658,16 +659,6 @@ def time_vae_decode(decode: Callable, spec: BenchSpec) -> float:
         for _ in range(spec.warmup):
             decode()
         return statistics.median(_timed(decode, device) for _ in range(spec.repeats))
-
-
-def compile_blocks(blocks) -> None:
-    """Regional torch.compile: each block's own forward, so vidprune's hook (Python bookkeeping, per-step token
-    choice) stays eager around the compiled compute. The kept count K is fixed within a step, so a schedule
-    with L levels recompiles at most L + 1 times (dense N included) before dynamo marks the shape dynamic."""
-    import torch
-
-    for block in blocks:
-        block.forward = torch.compile(block.forward)
 
 
 def device_name(device: str) -> str:

@@ -104,10 +104,16 @@ class GenerateConfig:
     max_sequence_length: int = 512
     seed: int = 0
     fps: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "auto"  # auto: cuda when this machine has it, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere (the VAE always runs float32)
     out: Path | None = None  # MP4 path; a JSON sidecar is written beside it
     image: Path | None = None  # image-to-video pipelines: the conditioning (first) frame
+    # diffusers features the pipeline runs with (vidgen_prune.compose): set up once, when it is loaded
+    offload: str | None = None  # model | group | sequential (diffusers' CPU offload mechanisms)
+    attention_backend: str | None = None  # diffusers' attention dispatcher: native, flash, flash_3, sage, ...
+    compile: bool = False  # regional torch.compile of every block
+    lora: tuple[str, ...] = ()  # LoRA files or folders, each PATH or PATH:SCALE, loaded with the pipeline's loader
+    vae_tiling: bool = False  # decode large frames tile by tile (and one video at a time)
 
     def __post_init__(self):
         check_finite(self)
@@ -128,9 +134,17 @@ class GenerateConfig:
             raise ValueError(f"--fps must be at least 1, got {self.fps}")
         if self.max_sequence_length < 1:
             raise ValueError(f"max_sequence_length must be at least 1, got {self.max_sequence_length}")
+        if self.device == "auto":
+            object.__setattr__(self, "device", "cuda" if _cuda_available() else "cpu")
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", "bfloat16" if self.device.startswith("cuda") else "float32")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_device(self.device)
+        object.__setattr__(self, "lora", tuple(self.lora))  # a preset or JSON gives a list
+        from .compose import check_setup
+
+        check_setup(self)
         if self.model is not None and _looks_like_path(self.model) and not Path(self.model).is_dir():
             raise ValueError(f"--model folder not found: {self.model}")
         if self.image is not None:
@@ -160,6 +174,12 @@ def _check_image(path: Path) -> None:
             image.verify()
     except (OSError, UnidentifiedImageError) as error:
         raise ValueError(f"--image {path} is not a readable image ({type(error).__name__})") from None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_finite(config) -> None:

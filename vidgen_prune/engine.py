@@ -26,16 +26,18 @@ from .pruning.hooks import apply_pruner, remove_pruner
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"):
+def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32", setup: GenerateConfig | None = None):
     """A diffusers video pipeline from a local folder or hub id; None loads the embedded tiny model.
 
     Call `models.inspect_model(model)` first to refuse an unsupported or broken model before any weight is read.
-    The VAE stays in float32 (as Wan's own examples load it); the rest takes `dtype`.
+    The VAE stays in float32 (as Wan's own examples load it); the rest takes `dtype`. `setup`: a GenerateConfig
+    whose offload, attention backend, compile, LoRA and VAE tiling are applied (vidgen_prune.compose).
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from .compose import setup_pipeline
     from .tiny import EMBEDDED_MODEL_DIR
 
     source = str(EMBEDDED_MODEL_DIR) if model is None else os.path.expanduser(model)
@@ -43,7 +45,10 @@ def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"
     transformers_logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(source, dtype={"default": DTYPES[dtype], "vae": torch.float32})
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if setup is None:
+        return pipe.to(device)
+    setup_pipeline(pipe, setup, denoisers(pipe))
+    return pipe
 
 
 @dataclass
@@ -64,6 +69,7 @@ class GenerationResult:
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions) when recorded
     grid: TokenGrid | None = None  # the video tokens of a forward
     kernels: dict = field(default_factory=dict)  # PruneController.kernel_report(): path taken, auto's check error
+    compiled_graphs: int | None = None  # graphs torch.compile built during this generation (GenerateConfig.compile)
 
     @property
     def frames_per_s(self) -> float:
@@ -86,6 +92,7 @@ class GenerationResult:
             "transformer_s": self.transformer_s,
             "transformer_calls": self.transformer_calls,
             "denoiser_calls": self.denoiser_calls,
+            "compiled_graphs": self.compiled_graphs,
             "frames_per_s": self.frames_per_s,
             "tokens_per_s": self.tokens_per_s,
             "peak_memory_mb": self.peak_memory_mb,
@@ -126,6 +133,7 @@ def generate(
 ) -> GenerationResult:
     """Run one seeded generation with `prune` applied to every denoiser; `on_step(done, total)` reports progress."""
     from .api import apply_config
+    from .compose import compiled_graphs
     from .models import describe_pipeline
 
     info = describe_pipeline(pipe)
@@ -142,6 +150,7 @@ def generate(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    graphs_before = compiled_graphs() if gen.compile else None
     with apply_config(pipe, prune, record_masks=record_masks) as handle:
         _synchronize(device)
         start = time.perf_counter()
@@ -178,6 +187,7 @@ def generate(
         masks=log.masks,
         grid=controller.grid,
         kernels=controller.kernel_report(),
+        compiled_graphs=compiled_graphs() - graphs_before if gen.compile else None,
     )
 
 

@@ -9,19 +9,23 @@ import typer
 
 from .common import (
     Alpha,
+    AttentionBackend,
     Device,
     Dtype,
     Frames,
     Guidance,
     Height,
     Kernels,
+    Lora,
     Model,
+    Offload,
     Preset,
     ReselectEvery,
     Restore,
     Schedule,
     ScheduleDelta,
     Steps,
+    VaeTiling,
     Verbose,
     Width,
     bad_input,
@@ -90,6 +94,10 @@ def bench(
     device: Device = None,
     dtype: Dtype = None,
     preset: Preset = None,
+    offload: Offload = None,
+    attention_backend: AttentionBackend = None,
+    lora: Lora = None,
+    vae_tiling: VaeTiling = None,
     alpha: Alpha = None,
     reselect_every: ReselectEvery = None,
     schedule: Schedule = None,
@@ -115,7 +123,8 @@ def bench(
                 e2e=e2e,
             ),
             dict(model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
-                 device=device, dtype=dtype),
+                 device=device, dtype=dtype, offload=offload, attention_backend=attention_backend,
+                 lora=tuple(lora) if lora else None, vae_tiling=vae_tiling),
             dict(alpha=alpha, reselect_every=reselect_every, schedule=schedule, schedule_delta=schedule_delta,
                  kernels=kernels, restore=restore, fbcache_threshold=fbcache_threshold, pab_skip=pab_skip,
                  taylorseer_interval=taylorseer_interval),
@@ -133,7 +142,7 @@ def bench(
             from ..engine import load_pipeline
 
             gen = bench_spec.gen
-            pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+            pipe = load_pipeline(gen.model, gen.device, gen.dtype, setup=gen)
         warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(bench_spec.prompts)})
     with bad_input():
         from ..bench import check_budgets

@@ -49,10 +49,31 @@ Width = Annotated[Optional[int], typer.Option(help="Width in pixels (multiple of
 Guidance = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed, in [0, 2**63) (default 0).")]
 Fps = Annotated[Optional[int], typer.Option(help="Frames per second of the MP4.")]
-Device = Annotated[Optional[str], typer.Option(help="torch device: cpu, cuda, cuda:1, ... (default cpu).")]
-Dtype = Annotated[
-    Optional[str], typer.Option(help="float32, bfloat16 or float16 (default float32; the VAE stays float32).")
+Device = Annotated[
+    Optional[str], typer.Option(help="torch device: cpu, cuda, cuda:1, ... (default: cuda when available, else cpu).")
 ]
+Dtype = Annotated[
+    Optional[str],
+    typer.Option(help="float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32; the VAE stays float32)."),
+]
+Offload = Annotated[
+    Optional[str],
+    typer.Option(help="diffusers CPU offload: model (components move to the GPU as they run), group (leaf-level "
+                      "group offloading, streamed) or sequential (dense only)."),
+]
+AttentionBackend = Annotated[
+    Optional[str], typer.Option(help="diffusers attention backend of the blocks: native, flash, _flash_3, sage, ...")
+]
+CompileBlocks = Annotated[Optional[bool], typer.Option("--compile", help="torch.compile each transformer block.")]
+Lora = Annotated[
+    Optional[list[str]],
+    typer.Option(help="LoRA weights (file or folder), PATH or PATH:SCALE; repeatable; loaded with the pipeline's own "
+                      "loader (needs peft)."),
+]
+ImagePath = Annotated[
+    Optional[Path], typer.Option("--image", help="Image-to-video pipelines: the conditioning first frame.")
+]
+VaeTiling = Annotated[Optional[bool], typer.Option("--vae-tiling", help="Decode large frames tile by tile.")]
 Preset = Annotated[
     Optional[str], typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b) or YAML path; flags override.")
 ]
@@ -106,6 +127,7 @@ def check_model(gen, prunes: list, info=None):
     """Refuse (ValueError) before any weight is read: a model folder or id that is not a supported pipeline, settings
     its family's rules forbid, a budget its depth cannot reach. Returns what the model's JSON files say (`info`, when
     given, is that already read)."""
+    from ..compose import check_pruning_setup
     from ..models import inspect_model
     from ..pruning import make_pruner
 
@@ -114,6 +136,7 @@ def check_model(gen, prunes: list, info=None):
     info = info or inspect_model(gen.model)
     info.adapter.check_inputs(gen, info)
     for prune in prunes:
+        check_pruning_setup(gen, prune)
         make_pruner(prune).check_budget(info.adapter.num_blocks(info))
     return info
 
@@ -127,7 +150,7 @@ def load_checked_pipeline(gen, prunes: list, verbose: bool):
     with runtime_failure(verbose):
         from ..engine import load_pipeline
 
-        pipe = load_pipeline(gen.model, gen.device, gen.dtype)
+        pipe = load_pipeline(gen.model, gen.device, gen.dtype, setup=gen)
     with bad_input():
         from ..models import denoisers
         from ..pruning import check_pruner

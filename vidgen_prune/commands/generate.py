@@ -10,17 +10,22 @@ from rich.markup import escape
 from .common import (
     EXIT_RUNTIME,
     Alpha,
+    AttentionBackend,
+    CompileBlocks,
     Device,
     Dtype,
     Fps,
     Frames,
     Guidance,
     Height,
+    ImagePath,
     JsonOutput,
     Kernels,
+    Lora,
     Method,
     Model,
     NegativePrompt,
+    Offload,
     OptionalPrompt,
     OutDir,
     OutPath,
@@ -34,6 +39,7 @@ from .common import (
     ScheduleDelta,
     Seed,
     Steps,
+    VaeTiling,
     Verbose,
     Width,
     bad_input,
@@ -88,6 +94,12 @@ def generate(
     dtype: Dtype = None,
     preset: Preset = None,
     out: OutPath = None,
+    image: ImagePath = None,
+    offload: Offload = None,
+    attention_backend: AttentionBackend = None,
+    compile: CompileBlocks = None,
+    lora: Lora = None,
+    vae_tiling: VaeTiling = None,
     prompts: PromptsFile = None,
     out_dir: OutDir = None,
     json_output: JsonOutput = False,
@@ -98,7 +110,9 @@ def generate(
     With --prompts FILE: every prompt into --out-dir, resumable; under torchrun the ranks share the items."""
     generate_flags = dict(
         prompt=prompt, negative_prompt=negative_prompt, model=model, steps=steps, frames=frames, height=height,
-        width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out,
+        width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out, image=image,
+        offload=offload, attention_backend=attention_backend, compile=compile, lora=tuple(lora) if lora else None,
+        vae_tiling=vae_tiling,
     )
     prune_flags = dict(
         method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
@@ -205,7 +219,7 @@ def _generate_batch(
             lock.acquire()
     with lock:
         with runtime_failure(verbose):
-            pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype)
+            pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype, setup=items[0].gen)
         with bad_input():
             check_items(items, lambda item: [check_pruner(item.prune, transformer) for transformer in denoisers(pipe)])
             lock.acquire()  # creates a new folder only now that nothing can refuse the run

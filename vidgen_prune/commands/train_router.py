@@ -70,7 +70,8 @@ def train_router(
     with runtime_failure(verbose):
         from ..engine import load_pipeline
 
-        pipe = load_pipeline(config.sampling.model, config.sampling.device, config.sampling.dtype)
+        sampling = config.sampling
+        pipe = load_pipeline(sampling.model, sampling.device, sampling.dtype, setup=sampling)
     warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(config.prompts)})
     with bad_input():
         from ..pruning.router import check_fits, read_router_meta

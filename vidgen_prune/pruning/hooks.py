@@ -32,6 +32,7 @@ from .scores import ScoreProbe
 TRANSFORMER_HOOK = "vidprune_forward"
 TIMER_HOOK = "vidprune_timer"
 BLOCK_HOOK = "vidprune_block"
+GROUP_OFFLOAD = "group_offloading"  # diffusers' group-offloading hook (hooks/group_offloading.py)
 
 
 @dataclass
@@ -233,6 +234,11 @@ def apply_pruner(
     if len(depths) > 1:
         raise ValueError(f"the denoisers have different depths {sorted(depths)}: one budget cannot span them")
     pruner.check_budget(depths.pop())
+    for transformer in denoisers:
+        for block in adapter.blocks(transformer):
+            if getattr(block, "_diffusers_hook", None) is not None and block._diffusers_hook.get_hook(GROUP_OFFLOAD):
+                raise ValueError("block-level group offloading hooks the blocks vidprune prunes (and would run inside "
+                                 "it, after the scoring pass reads their weights): use offload_type='leaf_level'")
     backend = resolve_backend(kernels, next(denoisers[0].parameters()).device)
     controller = PruneController(denoisers, pruner, adapter, backend, max_queries, check_kernels=kernels == "auto")
     for index, transformer in enumerate(denoisers):
