@@ -129,6 +129,8 @@ def generate(
     from .api import apply_config
     from .models import describe_pipeline
 
+    loaded = describe_pipeline(pipe)
+    pipe = loaded.adapter.pipeline_for(pipe, gen, loaded)  # e.g. the image-to-video sibling for --image
     info = describe_pipeline(pipe)
     device = next(denoisers(pipe)[0].parameters()).device
     step_ends: list[float] = []
