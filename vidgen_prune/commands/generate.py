@@ -15,6 +15,7 @@ from .common import (
     Frames,
     Guidance,
     Height,
+    Image,
     JsonOutput,
     Kernels,
     Method,
@@ -67,6 +68,7 @@ def generate(
     width: Width = None,
     guidance: Guidance = None,
     seed: Seed = 0,
+    image: Image = None,
     fps: Fps = None,
     alpha: Alpha = None,
     reselect_every: ReselectEvery = None,
@@ -88,7 +90,7 @@ def generate(
     With --prompts FILE: every prompt into --out-dir, resumable; under torchrun the ranks share the items."""
     generate_flags = dict(
         prompt=prompt, negative_prompt=negative_prompt, model=model, steps=steps, frames=frames, height=height,
-        width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out,
+        width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out, image=image,
     )
     prune_flags = dict(
         method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,

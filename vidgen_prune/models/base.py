@@ -164,6 +164,7 @@ class ModelAdapter:
     # pipelines of the family's transformer that vidprune refuses, each with the reason (one line, for the user)
     refused_pipelines: Mapping[str, str] = {}
     image_pipeline: str = ""  # the family's image-to-video pipeline class (the one `--image` runs); "": none
+    preset: str = ""  # the preset for a checkpoint whose name matches no entry of presets.MODEL_PRESETS; "": none
     profiles: Mapping[str, Profile] = {}
 
     # -------------------------------------------------------------------------------------------- transformer

@@ -49,6 +49,7 @@ class LTXVideoAdapter(ModelAdapter):
     transformer_classes = ("LTXVideoTransformer3DModel",)
     pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline")
     image_pipeline = "LTXImageToVideoPipeline"
+    preset = "ltx-video"  # every LTX-Video checkpoint: 128 text positions, 8k+1 frames, sizes in 32s
     refused_pipelines = {
         name: "it appends conditioning latents to the video tokens and places them by video_coords, so its tokens "
               "are not one frame-major grid; use LTXPipeline or LTXImageToVideoPipeline"
