@@ -93,18 +93,10 @@ def skyreels_v2():
 
 
 def wan_i2v():
-    """Wan2.1 I2V: WanImageToVideoPipeline with a CLIP image encoder; the transformer takes noise + the image's
-    latent and mask (2·z + 4 channels) and the image tokens through its own K/V projections."""
+    """Wan2.1 I2V: WanImageToVideoPipeline with a CLIP image encoder."""
     from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
-    parts = _wan_parts()
-    torch.manual_seed(3)
-    width = TEST_CONFIG.num_heads * TEST_CONFIG.head_dim
-    transformer = WanTransformer3DModel(**_wan_shape(in_channels=2 * TEST_CONFIG.vae_z_dim + 4, image_dim=IMAGE_DIM,
-                                                     added_kv_proj_dim=width)).eval()
-    image_encoder, image_processor = _clip_image_encoder()
-    return WanImageToVideoPipeline(**parts, transformer=transformer, image_encoder=image_encoder,
-                                   image_processor=image_processor)
+    return _image_to_video(WanImageToVideoPipeline, WanTransformer3DModel, seed=3)
 
 
 def wan_ti2v():
@@ -115,3 +107,23 @@ def wan_ti2v():
     parts = _wan_parts()
     torch.manual_seed(4)
     return WanPipeline(**parts, transformer=WanTransformer3DModel(**_wan_shape()).eval(), expand_timesteps=True)
+
+
+def skyreels_v2_i2v():
+    """SkyReelsV2ImageToVideoPipeline: Wan2.1 I2V's layout."""
+    from diffusers import SkyReelsV2ImageToVideoPipeline, SkyReelsV2Transformer3DModel
+
+    return _image_to_video(SkyReelsV2ImageToVideoPipeline, SkyReelsV2Transformer3DModel, seed=5)
+
+
+def _image_to_video(pipeline_class, transformer_class, seed: int):
+    """Wan2.1 I2V's layout on the tiny Wan parts: a CLIP image encoder, and a transformer that takes noise + the
+    image's latent and mask (2·z + 4 channels) and the image tokens through its own K/V projections."""
+    parts = _wan_parts()
+    torch.manual_seed(seed)
+    width = TEST_CONFIG.num_heads * TEST_CONFIG.head_dim
+    transformer = transformer_class(**_wan_shape(in_channels=2 * TEST_CONFIG.vae_z_dim + 4, image_dim=IMAGE_DIM,
+                                                 added_kv_proj_dim=width)).eval()
+    image_encoder, image_processor = _clip_image_encoder()
+    return pipeline_class(**parts, transformer=transformer, image_encoder=image_encoder,
+                          image_processor=image_processor)
