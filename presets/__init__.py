@@ -15,7 +15,7 @@ EMBEDDED_PRESET = "tiny-wan"
 MODEL_PRESETS = {
     "wan2.1-t2v-1.3b": "wan2.1-1.3b", "wan2.1-t2v-14b": "wan2.1-14b", "wan2.1-i2v-14b-480p": "wan2.1-i2v-14b",
     "wan2.2-t2v-a14b": "wan2.2-a14b", "wan2.2-ti2v-5b": "wan2.2-ti2v-5b", "ltx-video": "ltx-video",
-    "skyreels-v2-t2v-14b-540p": "skyreels-v2",
+    "skyreels-v2-t2v-14b-540p": "skyreels-v2", "mochi-1": "mochi",
 }
 SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig}
 

@@ -127,3 +127,19 @@ def _image_to_video(pipeline_class, transformer_class, seed: int):
     image_encoder, image_processor = _clip_image_encoder()
     return pipeline_class(**parts, transformer=transformer, image_encoder=image_encoder,
                           image_processor=image_processor)
+
+
+def mochi():
+    """MochiPipeline: T5 text encoder, Mochi VAE (6× time, 8× space), joint-attention transformer (text width 16)."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    from vidgen_prune.tiny.pipeline import build_tokenizer
+
+    torch.manual_seed(0)
+    transformer = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=BLOCKS,
+                                          pooled_projection_dim=16, in_channels=12, text_embed_dim=32,
+                                          time_embed_dim=4, max_sequence_length=16).eval()
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+                             decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1)).eval()
+    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5_encoder(32),
+                         tokenizer=build_tokenizer(), transformer=transformer)

@@ -30,6 +30,8 @@ class Family:
     build: object  # tests/dummies.py builder
     image: bool = False  # generate with --image (the model animates the first frame)
     text_positions: int = 16  # max_sequence_length (Wan2.1 I2V's attention needs 512)
+    frames: int = 9  # 3 latent frames through the tiny VAEs (4× time; Mochi's 6×)
+    size: int = 32  # 16 tokens per latent frame (Mochi's VAE compresses 8× in space)
 
 
 FAMILIES = {
@@ -39,8 +41,9 @@ FAMILIES = {
     "skyreels-v2-i2v": Family(dummies.skyreels_v2_i2v, image=True, text_positions=512),
     "wan2.1-i2v": Family(dummies.wan_i2v, image=True, text_positions=512),
     "wan2.2-ti2v-i2v": Family(dummies.wan_ti2v, image=True),  # WanPipeline folder, run as WanImageToVideoPipeline
+    "mochi": Family(dummies.mochi, frames=13, size=64),
 }
-ROUTER_FAMILIES = ("ltx-video", "skyreels-v2")  # train-router's trajectories are text-to-video (it has no --image)
+ROUTER_FAMILIES = ("ltx-video", "skyreels-v2", "mochi")  # train-router's trajectories are text-to-video (no --image)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +73,16 @@ def family_dirs(tmp_path_factory):
 def family(request, family_dirs, first_frame):
     """(name, model folder, loaded pipeline, generation settings) of one family."""
     name = request.param
-    spec, folder = FAMILIES[name], family_dirs(request.param)
-    gen = GenerateConfig(prompt=PROMPT, model=str(folder), steps=STEPS, frames=9, height=32, width=32, seed=1,
-                         max_sequence_length=spec.text_positions, image=first_frame if spec.image else None)
-    return name, folder, load_pipeline(str(folder)), gen
+    folder = family_dirs(name)
+    return name, folder, load_pipeline(str(folder)), small_run(name, folder, first_frame)
+
+
+def small_run(name: str, folder, first_frame, **overrides) -> GenerateConfig:
+    spec = FAMILIES[name]
+    values = dict(prompt=PROMPT, model=str(folder), steps=STEPS, frames=spec.frames, height=spec.size,
+                  width=spec.size, seed=1, max_sequence_length=spec.text_positions,
+                  image=first_frame if spec.image else None)
+    return GenerateConfig(**{**values, **overrides})
 
 
 def _no_hooks_left(pipe) -> bool:
@@ -90,12 +99,40 @@ def _no_hooks_left(pipe) -> bool:
 def test_every_method_runs_and_spends_its_budget(family):
     name, _, pipe, gen = family
     dense = generate(pipe, gen, PruneConfig(method="dense"))
-    assert dense.frames.shape == (9, 32, 32, 3)
+    assert dense.frames.shape == (gen.frames, gen.height, gen.width, 3)
     for method in PRUNING_METHODS:
         result = generate(pipe, gen, PruneConfig(method=method, reduction=0.3, reselect_every=3))
         assert result.kept_fraction == pytest.approx(0.7, abs=0.02), (name, method)
         assert result.flop_bound_speedup > 1.1, (name, method)
         assert not np.array_equal(result.frames, dense.frames), (name, method)
+
+
+@torch.no_grad()
+def test_a_plan_that_keeps_every_token_is_bit_identical(family):
+    """Gather → block → scatter over all tokens gives the block's own output: every per-token argument the adapter
+    gathers (rotary, per-token modulation, masks) follows the gather, and the video stream is found in the output."""
+    from vidgen_prune.models import BlockCall
+    from vidgen_prune.pruning.plan import skip_plan
+
+    _, _, pipe, gen = family
+    loaded = describe_pipeline(pipe)
+    call_pipe = loaded.adapter.pipeline_for(pipe, gen, loaded)
+    adapter, block = loaded.adapter, loaded.adapter.blocks(call_pipe.transformer)[1]
+    captured = []
+    hook = block.register_forward_pre_hook(lambda module, args, kwargs: captured.append((args, kwargs)),
+                                           with_kwargs=True)
+    call_pipe(**adapter.pipeline_kwargs(gen, describe_pipeline(call_pipe)), output_type="latent",
+              generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    args, kwargs = captured[0]
+    call = BlockCall(block, adapter.layout(block), args, kwargs)
+    hidden = call.hidden_states  # (B, N, D)
+    plan = skip_plan(torch.arange(hidden.shape[1]).expand(hidden.shape[0], -1))
+    rows = plan.gather(hidden)
+    rows_out, output = call.run(block.forward, rows, plan.positions)
+    dense = block(*args, **kwargs)
+    assert torch.equal(plan.scatter(hidden, rows, rows_out), call.video(dense))
+    assert all(torch.equal(a, b) for a, b in zip(output, dense)) if isinstance(dense, tuple) else True
 
 
 @torch.no_grad()
@@ -121,8 +158,7 @@ def test_per_token_timesteps_count_one_step_per_denoising_step(name, family_dirs
     steps = 4
     folder = family_dirs(name)
     pipe = load_pipeline(str(folder))
-    gen = GenerateConfig(prompt=PROMPT, model=str(folder), steps=steps, frames=9, height=32, width=32,
-                         max_sequence_length=16, image=first_frame)
+    gen = small_run(name, folder, first_frame, steps=steps)
     loaded = describe_pipeline(pipe)
     image_pipe = loaded.adapter.pipeline_for(pipe, gen, loaded)
     timesteps = []
@@ -148,8 +184,7 @@ def test_a_router_trained_for_the_family_prunes_it(name, family_dirs, tmp_path):
 
     folder = family_dirs(name)
     pipe = load_pipeline(str(folder))
-    gen = GenerateConfig(prompt=PROMPT, model=str(folder), steps=STEPS, frames=9, height=32, width=32,
-                         max_sequence_length=16, seed=1)
+    gen = small_run(name, folder, None)
     with torch.enable_grad():
         train_router(pipe, TrainRouterConfig(prompts=(PROMPT,), out=tmp_path / "router", sampling=gen, steps=2,
                                              checkpoint_every=2))
@@ -159,12 +194,12 @@ def test_a_router_trained_for_the_family_prunes_it(name, family_dirs, tmp_path):
     assert not np.array_equal(routed.frames, dense.frames) and _no_hooks_left(pipe)
 
 
-def _generate_cli(folder, tmp_path, *flags):
-    out = tmp_path / "clip.mp4"
+def _generate_cli(name, folder, tmp_path, *flags):
+    spec, out = FAMILIES[name], tmp_path / "clip.mp4"
     result = CliRunner().invoke(app, [
-        "generate", "--prompt", PROMPT, "--model", str(folder), "--steps", str(STEPS), "--frames", "9", "--height",
-        "32", "--width", "32", "--method", "tape", "--reduction", "0.3", "--reselect-every", "3", "--out", str(out),
-        *map(str, flags),
+        "generate", "--prompt", PROMPT, "--model", str(folder), "--steps", str(STEPS), "--frames", str(spec.frames),
+        "--height", str(spec.size), "--width", str(spec.size), "--method", "tape", "--reduction", "0.3",
+        "--reselect-every", "3", "--out", str(out), *map(str, flags),
     ])
     return result, out
 
@@ -172,7 +207,7 @@ def _generate_cli(folder, tmp_path, *flags):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_the_cli_generates_end_to_end(name, family_dirs, first_frame, tmp_path):
     spec = FAMILIES[name]
-    result, out = _generate_cli(family_dirs(name), tmp_path, *(["--image", first_frame] if spec.image else []))
+    result, out = _generate_cli(name, family_dirs(name), tmp_path, *(["--image", first_frame] if spec.image else []))
     assert result.exit_code == 0, result.output
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert out.stat().st_size > 0 and sidecar["achieved_kept_fraction"] == pytest.approx(0.7, abs=0.02)
@@ -192,6 +227,9 @@ RULES = [  # (family, flags, the line's fragment); the tiny VAEs compress 4× in
     ("skyreels-v2-i2v", [], "is an image-to-video skyreels-v2 pipeline: give --image PATH"),
     ("wan2.1-i2v", [], "is an image-to-video wan pipeline: give --image PATH"),
     ("wan2.2-ti2v-i2v", ["--width", "40"], "Wan: --width must be a multiple of 16"),
+    ("mochi", ["--frames", "9"], "Mochi: --frames must be 6k+1"),
+    ("mochi", ["--height", "56"], "Mochi: --height must be a multiple of 16"),
+    ("mochi", ["--image", "FIRST"], "--image needs an image-to-video model"),
 ]
 
 
@@ -203,7 +241,7 @@ def test_the_family_rules_are_refused_before_loading(name, flags, fragment, fami
     loads = []
     monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(lambda cls, *args, **kw: loads.append(args)))
     flags = [first_frame if flag == "FIRST" else flag for flag in flags]
-    result, out = _generate_cli(family_dirs(name), tmp_path, *flags)
+    result, out = _generate_cli(name, family_dirs(name), tmp_path, *flags)
     _one_line_exit_2(result, fragment)
     assert not loads and not out.exists()  # (only the weight files' headers were read, to check their lengths)
 
@@ -213,8 +251,8 @@ def test_wan21_i2v_needs_512_text_positions(family_dirs, first_frame):
 
     folder = family_dirs("wan2.1-i2v")
     info = inspect_model(str(folder))
-    gen = GenerateConfig(prompt=PROMPT, model=str(folder), frames=9, height=32, width=32, image=first_frame)
-    info.adapter.check_inputs(gen, info)  # 512, the default
+    gen = small_run("wan2.1-i2v", folder, first_frame)
+    info.adapter.check_inputs(gen, info)  # 512
     with pytest.raises(ValueError, match="Wan I2V: max_sequence_length must be 512"):
         info.adapter.check_inputs(replace(gen, max_sequence_length=16), info)
 
@@ -232,7 +270,7 @@ def test_unsupported_pipelines_of_a_family_are_refused_with_the_reason(name, pip
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline_class}))
     opened_files.clear()
-    result, _ = _generate_cli(folder, tmp_path)
+    result, _ = _generate_cli(name, folder, tmp_path)
     _one_line_exit_2(result, f"{pipeline_class} is not supported: {fragment}")
     assert not [path for path in opened_files if path.endswith((".safetensors", ".bin"))]
 

@@ -16,10 +16,11 @@ import torch
 
 from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid
 from .ltx_video import LTXVideoAdapter
+from .mochi import MochiAdapter
 from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), LTXVideoAdapter(), SkyReelsV2Adapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), LTXVideoAdapter(), SkyReelsV2Adapter(), MochiAdapter())
 _BY_TRANSFORMER = {name: adapter for adapter in ADAPTERS for name in adapter.transformer_classes}
 
 
