@@ -326,3 +326,36 @@ def test_skyreels_block_causal_mask_follows_the_gather():
     assert controller.log.kept_fraction == pytest.approx(0.7, abs=0.02)
     with pytest.raises(ValueError, match="diffusion forcing is not supported"):
         SkyReelsV2Adapter().token_grid(transformer, (), {**inputs, "enable_diffusion_forcing": True})
+
+
+TINY_PROFILES = {  # transformer configs of the tiny dummies above, as `vidprune bench --profile` builds them
+    "ltx-video": ("LTXVideoAdapter", dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8,
+                                          cross_attention_dim=16, num_layers=6, caption_channels=16), (3, 8, 8)),
+    "skyreels-v2": ("SkyReelsV2Adapter", dummies._wan_shape(), (3, 8, 8)),
+    "mochi": ("MochiAdapter", dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=6,
+                                   pooled_projection_dim=16, in_channels=12, text_embed_dim=32, time_embed_dim=4),
+              (3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_PROFILES))
+@torch.no_grad()
+def test_the_meta_device_gives_the_flop_bound_of_a_real_run(name, tmp_path, monkeypatch):
+    """A family's profile runs on the meta device as shapes only (Mochi through its stand-ins) and gives the kept
+    fractions and FLOPs the same profile computes for real on the CPU."""
+    from vidgen_prune import models
+    from vidgen_prune.bench import Bench, make_spec
+    from vidgen_prune.models import Profile
+
+    adapter_class, config, latent = TINY_PROFILES[name]
+    adapter = next(a for a in models.ADAPTERS if type(a).__name__ == adapter_class)
+    monkeypatch.setitem(type(adapter).profiles, "tiny-test", Profile(config, latent, 8))
+    records = {}
+    for device in ("cpu", "meta"):
+        spec = make_spec(None, dict(methods=["dense", "tape", "tome"], reductions=[0.3], profile="tiny-test",
+                                    warmup=0), dict(steps=3, device=device), dict(reselect_every=3, kernels="torch"),
+                         preset="tiny-wan")
+        records[device] = Bench(spec, tmp_path / device).run(None).records
+    for real, shapes in zip(records["cpu"], records["meta"]):
+        assert shapes["kept_fraction"] == real["kept_fraction"] and shapes["tflops"] == pytest.approx(real["tflops"])
+        assert real["flop_bound_speedup"] >= 1.0 and shapes["transformer_s"] is None

@@ -260,6 +260,10 @@ class ModelAdapter:
         sibling.set_progress_bar_config(disable=True)
         return sibling
 
+    def prepare_profile(self, transformer: torch.nn.Module, device) -> None:
+        """Make a freshly built real-size profile transformer runnable on `device` (on the meta device a family may
+        need a shapes-only stand-in for an op that has no meta kernel)."""
+
     def profile_timestep(self, t: float, device) -> torch.Tensor:
         """The timestep argument of a profiled forward at noise level `t` (0..1000)."""
         return torch.tensor([t], device=device)

@@ -134,14 +134,19 @@ class MochiAdapter(ModelAdapter):
             max_sequence_length=gen.max_sequence_length,
         )
 
+    def prepare_profile(self, transformer: torch.nn.Module, device) -> None:
+        if device.type != "meta":
+            return
+        # MochiRoPE builds its tables under torch.autocast, which has no meta device type: a stand-in gives the shapes
+        transformer.rope = _ShapesOnlyRoPE()
+        # the processor picks each sample's valid text tokens with torch.nonzero, which has no meta kernel; this flag
+        # makes it assume every entry is nonzero, which is what the profile's all-ones mask holds
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.meta_nonzero_assume_all_nonzero = True
+
     def profile_inputs(self, transformer, profile: Profile, latent, device, dtype) -> dict:
         config = transformer.config
-        if torch.device(device).type == "meta":
-            # the processor picks each sample's valid text tokens with torch.nonzero, which has no meta kernel; this
-            # flag makes it assume every entry is nonzero, which is what the all-ones mask below holds
-            import torch.fx.experimental._config as fx_config
-
-            fx_config.meta_nonzero_assume_all_nonzero = True
         return dict(
             hidden_states=torch.randn(1, config.in_channels, *latent, device=device, dtype=dtype),
             encoder_hidden_states=torch.randn(1, profile.text_tokens, config.text_embed_dim, device=device,
@@ -157,3 +162,11 @@ class MochiAdapter(ModelAdapter):
         latents = torch.randn(1, vae.config.latent_channels, *latent, device=device)
         return lambda: vae.decode(latents, return_dict=False)
 
+
+
+class _ShapesOnlyRoPE(torch.nn.Module):
+    """MochiRoPE's (cos, sin) tables, each (S, heads, d/2), as shapes only (for the meta device)."""
+
+    def forward(self, pos_frequencies, num_frames, height, width, device=None, dtype=None):
+        shape = (num_frames * height * width, *pos_frequencies.shape[1:])
+        return torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype)
