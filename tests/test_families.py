@@ -43,7 +43,8 @@ FAMILIES = {
     "wan2.2-ti2v-i2v": Family(dummies.wan_ti2v, image=True),  # WanPipeline folder, run as WanImageToVideoPipeline
     "mochi": Family(dummies.mochi, frames=13, size=64),
 }
-ROUTER_FAMILIES = ("ltx-video", "skyreels-v2", "mochi")  # train-router's trajectories are text-to-video (no --image)
+# train-router's trajectories are text-to-video (it has no --image): TI2V-5B's folder trains in its text mode
+ROUTER_FAMILIES = ("ltx-video", "skyreels-v2", "mochi", "wan2.2-ti2v-i2v")
 
 
 @pytest.fixture(scope="session")
