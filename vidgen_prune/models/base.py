@@ -166,19 +166,25 @@ class ModelAdapter:
     image_pipeline: str = ""  # the family's image-to-video pipeline class (the one `--image` runs); "": none
     preset: str = ""  # the preset for a checkpoint whose name matches no entry of presets.MODEL_PRESETS; "": none
     profiles: Mapping[str, Profile] = {}
+    blocks_attribute: str = ""  # the transformer's one ModuleList of blocks, for families that have one
+    block_layout: BlockLayout | None = None  # the layout of every block, for families whose blocks are all alike
 
     # -------------------------------------------------------------------------------------------- transformer
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """Every block the pruner may reduce, in call order; a layer index is a position in this list."""
-        raise NotImplementedError
+        if not self.blocks_attribute:
+            raise NotImplementedError
+        return list(getattr(transformer, self.blocks_attribute))
 
     def num_blocks(self, info: ModelInfo) -> int:
         """len(blocks(...)) from the denoiser's config.json alone, so budgets are checked before loading."""
         return info.component_config(info.denoisers[0])["num_layers"]
 
     def layout(self, block: torch.nn.Module) -> BlockLayout:
-        raise NotImplementedError
+        if self.block_layout is None:
+            raise NotImplementedError
+        return self.block_layout
 
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         """Grid of the video tokens of the forward called with `args`, `kwargs`."""
@@ -283,6 +289,11 @@ def gather_tokens(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     from ..kernels import gather_tokens as gather
 
     return gather(value, index)
+
+
+def rows_at(index: torch.Tensor | None, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each per-token tensor (B or 1, N, ...) at the tokens `index` (B, K), or as it is when `index` is None."""
+    return values if index is None else tuple(gather_tokens(value, index) for value in values)
 
 
 def gather_pair(pair, index: torch.Tensor):

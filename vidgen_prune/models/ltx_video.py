@@ -15,7 +15,17 @@ from typing import Callable
 import torch
 
 from ..metrics.flops import block_flops
-from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid, gather_pair, gather_tokens
+from .base import (
+    BlockCall,
+    BlockLayout,
+    ModelAdapter,
+    ModelInfo,
+    Profile,
+    TokenGrid,
+    gather_pair,
+    gather_tokens,
+    rows_at,
+)
 
 FFN_MULT = 4  # diffusers' FeedForward default: D → 4·D → D
 
@@ -57,13 +67,9 @@ class LTXVideoAdapter(ModelAdapter):
     }
     profiles = {"ltx-video": Profile(LTX_2B, LTX_LATENT, 128, "LTXPipeline")}
 
+    blocks_attribute, block_layout = "transformer_blocks", LTX_LAYOUT
+
     # -------------------------------------------------------------------------------------------- transformer
-
-    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def layout(self, block: torch.nn.Module) -> BlockLayout:
-        return LTX_LAYOUT
 
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         if kwargs.get("video_coords") is not None:
@@ -78,21 +84,14 @@ class LTXVideoAdapter(ModelAdapter):
     def query_key(
         self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, temb = call.hidden_states, call.arguments["temb"]
-        cos, sin = call.arguments["image_rotary_emb"]
-        if positions is not None:
-            hidden_states, temb = gather_tokens(hidden_states, positions), _gather_temb(temb, positions)
-            cos, sin = gather_tokens(cos, positions), gather_tokens(sin, positions)
+        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["image_rotary_emb"])
+        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
         batch, tokens = temb.shape[:2]
         ada = block.scale_shift_table[None, None] + temb.reshape(batch, tokens, 6, -1)  # (B, 1 or K, 6, D)
         shift, scale = ada[:, :, 0], ada[:, :, 1]  # (B, 1 or K, D) each
         normed = block.norm1(hidden_states) * (1 + scale) + shift  # (B, K, D)
         attn = block.attn1
-        if query_index is None:
-            query_tokens, cos_q, sin_q = normed, cos, sin
-        else:
-            query_tokens = gather_tokens(normed, query_index)  # (B, Sq, D)
-            cos_q, sin_q = gather_tokens(cos, query_index), gather_tokens(sin, query_index)
+        query_tokens, cos_q, sin_q = rows_at(query_index, normed, cos, sin)  # (B, Sq, D), rotary at the queries
         query = _apply_rotary(attn.norm_q(attn.to_q(query_tokens)), cos_q, sin_q)  # (B, Sq, D)
         key = _apply_rotary(attn.norm_k(attn.to_k(normed)), cos, sin)  # (B, K, D)
         query, key = query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1))  # (B, ·, heads, d)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid, gather_tokens
+from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid, rows_at
 
 
 def _rotary_rows(pair, index: torch.Tensor):
@@ -66,13 +66,9 @@ class MochiAdapter(ModelAdapter):
     preset = "mochi"  # every Mochi checkpoint: 256 text positions, 6k+1 frames, sizes in 16s
     profiles = {"mochi": Profile(MOCHI_10B, MOCHI_LATENT, 256, "MochiPipeline")}
 
+    blocks_attribute, block_layout = "transformer_blocks", MOCHI_LAYOUT
+
     # -------------------------------------------------------------------------------------------- transformer
-
-    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def layout(self, block: torch.nn.Module) -> BlockLayout:
-        return MOCHI_LAYOUT
 
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         patch = transformer.config.patch_size
@@ -90,18 +86,11 @@ class MochiAdapter(ModelAdapter):
     def query_key(
         self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, temb = call.hidden_states, call.arguments["temb"]
         cos, sin = (part.unsqueeze(0) for part in call.arguments["image_rotary_emb"])  # (1, S, heads, d/2) each
-        if positions is not None:
-            hidden_states = gather_tokens(hidden_states, positions)  # (B, K, D)
-            cos, sin = gather_tokens(cos, positions), gather_tokens(sin, positions)  # (B, K, heads, d/2)
-        normed = block.norm1(hidden_states, temb)[0]  # (B, K, D)
+        hidden_states, cos, sin = rows_at(positions, call.hidden_states, cos, sin)  # (B, K, D), (B or 1, K, ...)
+        normed = block.norm1(hidden_states, call.arguments["temb"])[0]  # (B, K, D)
         attn = block.attn1
-        if query_index is None:
-            query_tokens, cos_q, sin_q = normed, cos, sin
-        else:
-            query_tokens = gather_tokens(normed, query_index)  # (B, Sq, D)
-            cos_q, sin_q = gather_tokens(cos, query_index), gather_tokens(sin, query_index)
+        query_tokens, cos_q, sin_q = rows_at(query_index, normed, cos, sin)  # (B, Sq, D), rotary at the queries
         query = attn.norm_q(attn.to_q(query_tokens).unflatten(2, (attn.heads, -1)))  # (B, Sq, heads, d)
         key = attn.norm_k(attn.to_k(normed).unflatten(2, (attn.heads, -1)))  # (B, K, heads, d)
         query, key = _apply_rotary(query, cos_q, sin_q), _apply_rotary(key, cos, sin)

@@ -43,9 +43,7 @@ class SkyReelsV2Adapter(WanAdapter):
     }
     # SkyReels-V2-T2V-14B-540P: Wan2.1-14B's transformer config
     profiles = {"skyreels-v2": Profile(_WAN_14B, SKYREELS_540P_LATENT, 512, "SkyReelsV2Pipeline")}
-
-    def layout(self, block: torch.nn.Module) -> BlockLayout:
-        return SKYREELS_LAYOUT
+    block_layout = SKYREELS_LAYOUT
 
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         if kwargs.get("enable_diffusion_forcing"):

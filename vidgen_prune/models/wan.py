@@ -16,7 +16,17 @@ from typing import Callable
 import torch
 
 from ..metrics.flops import block_flops
-from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid, gather_pair, gather_tokens
+from .base import (
+    BlockCall,
+    BlockLayout,
+    ModelAdapter,
+    ModelInfo,
+    Profile,
+    TokenGrid,
+    gather_pair,
+    gather_tokens,
+    rows_at,
+)
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -61,6 +71,7 @@ class WanAdapter(ModelAdapter):
     pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
     image_pipeline = "WanImageToVideoPipeline"  # the class that takes `--image`
     denoiser_names = ("transformer", "transformer_2")
+    blocks_attribute, block_layout = "blocks", WAN_LAYOUT
     profiles = {
         "wan2.1-1.3b": Profile(dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
                                WAN21_LATENT, 512),
@@ -77,12 +88,6 @@ class WanAdapter(ModelAdapter):
 
     # -------------------------------------------------------------------------------------------- transformer
 
-    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(transformer.blocks)
-
-    def layout(self, block: torch.nn.Module) -> BlockLayout:
-        return WAN_LAYOUT
-
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         p_t, p_h, p_w = transformer.config.patch_size
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -97,22 +102,15 @@ class WanAdapter(ModelAdapter):
     def query_key(
         self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, temb = call.hidden_states, call.arguments["temb"]
-        cos, sin = call.arguments["rotary_emb"]
-        if positions is not None:
-            hidden_states, temb = gather_tokens(hidden_states, positions), _gather_temb(temb, positions)
-            cos, sin = gather_tokens(cos, positions), gather_tokens(sin, positions)
+        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["rotary_emb"])
+        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
         if temb.dim() == 4:
             shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float())[:, :, :2].unbind(2)  # (B, K, D)
         else:
             shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
         normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, K, D)
         attn = block.attn1
-        query_tokens = normed if query_index is None else gather_tokens(normed, query_index)  # (B, Sq, D)
-        if query_index is not None:
-            cos_q, sin_q = gather_tokens(cos, query_index), gather_tokens(sin, query_index)
-        else:
-            cos_q, sin_q = cos, sin
+        query_tokens, cos_q, sin_q = rows_at(query_index, normed, cos, sin)  # (B, Sq, D), rotary at the queries
         if getattr(attn, "fused_projections", False):  # fused qkv weights: split the projection instead
             dim = attn.to_qkv.out_features // 3
             query = torch.nn.functional.linear(query_tokens, attn.to_qkv.weight[:dim], attn.to_qkv.bias[:dim])
