@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -11,7 +12,11 @@ from ..config import GenerateConfig, PruneConfig, check_field_types, config_keys
 
 EMBEDDED_PRESET = "tiny-wan"
 # substrings of a model id or folder name → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)
-MODEL_PRESETS = {"wan2.1-t2v-1.3b": "wan2.1-1.3b", "wan2.1-t2v-14b": "wan2.1-14b"}
+MODEL_PRESETS = {
+    "wan2.1-t2v-1.3b": "wan2.1-1.3b", "wan2.1-t2v-14b": "wan2.1-14b", "wan2.1-i2v-14b-480p": "wan2.1-i2v-14b",
+    "wan2.2-t2v-a14b": "wan2.2-a14b", "wan2.2-ti2v-5b": "wan2.2-ti2v-5b", "ltx-video": "ltx-video",
+    "skyreels-v2-t2v-14b-540p": "skyreels-v2", "mochi-1": "mochi",
+}
 SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig}
 
 
@@ -21,10 +26,25 @@ def preset_names() -> list[str]:
 
 
 def default_preset(model: str | None) -> str | None:
-    """The embedded model's preset, or the preset a known model id names; None for an unknown model."""
+    """The embedded model's preset, the preset a known model id names, or for a local folder of another name its
+    family's (`ModelAdapter.preset`: LTX-Video's text length and frame rule differ from the generic defaults); None
+    for an unknown model."""
     if model is None:
         return EMBEDDED_PRESET
-    return next((preset for key, preset in MODEL_PRESETS.items() if key in model.lower()), None)
+    named = next((preset for key, preset in MODEL_PRESETS.items() if key in model.lower()), None)
+    if named or not Path(model).expanduser().is_dir():
+        return named
+    return _family_preset(str(Path(model).expanduser().resolve()))
+
+
+@functools.lru_cache(maxsize=8)  # a batch builds every line's configs: read the folder's JSON once
+def _family_preset(folder: str) -> str | None:
+    from ..models import inspect_model
+
+    try:
+        return inspect_model(folder).adapter.preset or None
+    except ValueError:  # refused later, with its own message, by the same inspection
+        return None
 
 
 def load_preset(name_or_path: str) -> dict[str, dict]:

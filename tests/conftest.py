@@ -45,3 +45,26 @@ def tiny_pipe(tiny_model_dir):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+_OPENED: list[str] = []  # paths opened while a test records (an audit hook cannot be removed, so it is gated)
+_RECORDING = [False]
+
+
+def _audit(event, args):
+    if _RECORDING[0] and event == "open" and isinstance(args[0], str):
+        _OPENED.append(args[0])
+
+
+@pytest.fixture
+def opened_files():
+    """The list of every file path opened during the test (e.g. to show that no weight file was read)."""
+    import sys
+
+    if not getattr(_audit, "installed", False):
+        sys.addaudithook(_audit)
+        _audit.installed = True
+    _OPENED.clear()
+    _RECORDING[0] = True
+    yield _OPENED
+    _RECORDING[0] = False

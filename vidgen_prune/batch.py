@@ -28,7 +28,7 @@ from typing import Callable, Sequence, TypeVar
 
 from .config import GenerateConfig, PruneConfig, check_field_types
 
-PROMPT_FIELDS = ("prompt", "negative", "seed", "overrides")
+PROMPT_FIELDS = ("prompt", "negative", "seed", "image", "overrides")
 # a line may change the generation's shape and the pruning, not what the once-loaded pipeline fixes (model,
 # device, dtype)
 GENERATE_OVERRIDES = ("steps", "frames", "height", "width", "guidance", "fps")
@@ -69,9 +69,10 @@ def read_prompt_file(path: Path, build: ConfigBuilder) -> list[BatchItem]:
     """Items of a prompt file; raises ValueError naming every malformed line (by number) before any compute.
 
     Plain text: one prompt per line. JSONL (when the first prompt line starts with `{`): one object per line
-    with `prompt` and optionally `negative`, `seed` and `overrides` (generate and prune settings). Blank lines
-    and lines starting with `#` are skipped; a UTF-8 byte-order mark and CRLF line ends are read as plain UTF-8.
-    `build(generate_flags, prune_flags)` makes an item's configs (and checks them: seed range, ...).
+    with `prompt` and optionally `negative`, `seed`, `image` (image-to-video: a path relative to the prompt file's
+    folder, or absolute) and `overrides` (generate and prune settings). Blank lines and lines starting with `#`
+    are skipped; a UTF-8 byte-order mark and CRLF line ends are read as plain UTF-8. `build(generate_flags,
+    prune_flags)` makes an item's configs (and checks them: seed range, ...).
     """
     try:
         text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark would hide the first line's `{`
@@ -87,7 +88,8 @@ def read_prompt_file(path: Path, build: ConfigBuilder) -> list[BatchItem]:
     items, errors = [], []
     for index, (number, line) in enumerate(lines):
         try:
-            generate_flags, prune_flags = _line_flags(_parse_json_line(line) if jsonl else {"prompt": line})
+            entry = _parse_json_line(line) if jsonl else {"prompt": line}
+            generate_flags, prune_flags = _line_flags(entry, Path(path).parent)
             items.append(BatchItem(index, number, *build(generate_flags, prune_flags)))
         except ValueError as error:
             errors.append((number, str(error)))
@@ -105,8 +107,9 @@ def _parse_json_line(line: str) -> dict:
     return value
 
 
-def _line_flags(entry: dict) -> tuple[dict, dict]:
-    """A prompt-file entry as (generate, prune) settings, each value type-checked against its config's default."""
+def _line_flags(entry: dict, folder: Path) -> tuple[dict, dict]:
+    """A prompt-file entry as (generate, prune) settings, each value type-checked against its config's default; an
+    `image` path is taken relative to the prompt file's `folder` unless absolute."""
     unknown = sorted(set(entry) - set(PROMPT_FIELDS))
     if unknown:
         raise ValueError(f"unknown field {', '.join(unknown)} (allowed: {', '.join(PROMPT_FIELDS)})")
@@ -120,6 +123,10 @@ def _line_flags(entry: dict) -> tuple[dict, dict]:
     generate_flags = {"prompt": entry["prompt"]}
     generate_flags |= {"negative_prompt": entry["negative"]} if "negative" in entry else {}
     generate_flags |= {"seed": entry["seed"]} if "seed" in entry else {}
+    if "image" in entry:
+        if not isinstance(entry["image"], str) or not entry["image"]:
+            raise ValueError('"image" must be a path string')
+        generate_flags["image"] = folder / Path(entry["image"]).expanduser()  # an absolute path stays as it is
     prune_flags = {}
     for key, value in overrides.items():
         if key not in GENERATE_OVERRIDES + PRUNE_OVERRIDES:

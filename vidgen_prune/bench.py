@@ -647,6 +647,7 @@ def build_profile_transformer(profile: str, device, dtype):
     for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
         if keep_float32.isdisjoint(name.split(".")) and tensor.is_floating_point():
             tensor.data = tensor.data.to(dtype)
+    adapter.prepare_profile(transformer, torch.device(device))
     return transformer
 
 

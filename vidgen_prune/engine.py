@@ -136,6 +136,8 @@ def generate(
     from .compose import compiled_graphs
     from .models import describe_pipeline
 
+    loaded = describe_pipeline(pipe)
+    pipe = loaded.adapter.pipeline_for(pipe, gen, loaded)  # e.g. the image-to-video sibling for --image
     info = describe_pipeline(pipe)
     device = next(denoisers(pipe)[0].parameters()).device
     step_ends: list[float] = []

@@ -5,9 +5,9 @@
 
 Training data needs no videos:
 1. Teacher trajectories: the dense pipeline generates every prompt (seeded, with CFG) for `sample_steps`
-   steps while a hook records each transformer call's inputs (latents, timestep, text embedding) and its
-   velocity. Those are exactly the states the pruned model meets at inference, and the dense velocities
-   are the targets.
+   steps while a hook records each transformer call's keyword inputs per sample (latents, timestep, text
+   embedding, and whatever else the family passes: masks, grid sizes) and its velocity. Those are exactly the
+   states the pruned model meets at inference, and the dense velocities are the targets.
 2. Distillation: each optimiser step takes one denoising step s and `batch` prompts (both CFG passes of
    each), runs the transformer with the router pruner at step s (bin interpolation, router gates), and
    minimises MSE(pruned velocity, dense velocity) + ratio_weight · L_ratio. The transformer is frozen; only
@@ -154,27 +154,23 @@ def checkpoint_step(config: TrainRouterConfig) -> int:
 
 @dataclass
 class TeacherCall:
-    latents: torch.Tensor  # (C, F, H, W) transformer input
-    timestep: torch.Tensor  # () or (S,) for per-token timesteps
-    text: torch.Tensor  # (L, text_dim) encoder hidden states of this pass (prompt or negative prompt)
-    velocity: torch.Tensor  # (C, F, H, W) the dense model's output
+    inputs: dict  # the forward's keyword arguments for one sample: its row of each batched tensor, the rest as given
+    batched: frozenset  # the names in `inputs` that are rows of a batched tensor
+    velocity: torch.Tensor  # the dense model's output for the sample, (C, F, H, W) or packed (S, C)
 
 
 @dataclass
 class Trajectories:
-    calls: list[list[list[TeacherCall]]]  # [prompt][step] → the step's transformer calls (cond, uncond)
+    calls: list[list[list[TeacherCall]]]  # [prompt][step] → the step's samples (cond and uncond, in whatever calls)
     grid: dict = field(default_factory=dict)  # latent token grid: frames, height, width
 
     def batch(self, prompts: list[int], step: int) -> tuple[dict, torch.Tensor]:
-        """Transformer inputs and dense velocities (B, C, F, H, W) of `prompts` at denoising `step`."""
+        """Transformer keyword arguments and dense velocities (B, ...) of `prompts` at denoising `step`."""
         calls = [call for prompt in prompts for call in self.calls[prompt][step]]
-        inputs = {
-            "hidden_states": torch.stack([call.latents for call in calls]),  # (B, C, F, H, W)
-            "timestep": torch.stack([call.timestep for call in calls]),  # (B,) or (B, S)
-            "encoder_hidden_states": torch.stack([call.text for call in calls]),  # (B, L, text_dim)
-            "return_dict": False,
-        }
-        return inputs, torch.stack([call.velocity for call in calls])
+        first = calls[0]
+        inputs = {name: torch.stack([call.inputs[name] for call in calls]) if name in first.batched else value
+                  for name, value in first.inputs.items()}  # (B, ...) each batched tensor
+        return inputs | {"return_dict": False}, torch.stack([call.velocity for call in calls])
 
 
 @torch.no_grad()
@@ -192,11 +188,15 @@ def collect_trajectories(
     trajectories = Trajectories(calls=[])
 
     def record(module, args, kwargs, output):
-        latents = kwargs["hidden_states"]
+        """Each sample of the call (Wan: one per CFG pass; LTX-Video: both passes in one batched call)."""
         trajectories.grid = asdict(adapter_for(transformer).token_grid(transformer, (), kwargs))
-        text, velocity = kwargs["encoder_hidden_states"][0], output[0][0]
-        call = TeacherCall(latents[0].clone(), kwargs["timestep"][0].clone(), text.clone(), velocity.clone())
-        trajectories.calls[-1][-1].append(call)
+        batch = kwargs["hidden_states"].shape[0]
+        given = {name: value for name, value in kwargs.items() if name != "return_dict"}
+        batched = frozenset(name for name, value in given.items()
+                            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch)
+        for row in range(batch):
+            inputs = {name: value[row].clone() if name in batched else value for name, value in given.items()}
+            trajectories.calls[-1][-1].append(TeacherCall(inputs, batched, output[0][row].clone()))
 
     handle = transformer.register_forward_hook(record, with_kwargs=True)
     try:
@@ -285,7 +285,7 @@ def train_router(
             inputs, target = trajectories.batch(prompts, denoise_step)
             controller.reset(num_steps=config.sampling.steps)
             pruner.forced_step = denoise_step
-            velocity = transformer(**inputs)[0]  # (B, C, F, H, W)
+            velocity = transformer(**inputs)[0]  # (B, C, F, H, W), or packed (B, S, C)
             distill = torch.nn.functional.mse_loss(velocity.float(), target.float())
             ratio = net.ratio_loss(target_retention)
             optimizer.zero_grad(set_to_none=True)

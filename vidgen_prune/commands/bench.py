@@ -51,7 +51,7 @@ Metrics = Annotated[
 ]
 BenchOut = Annotated[Path, typer.Option("--out", "-o", help="Results folder; re-running resumes from its bench.json.")]
 Profile = Annotated[
-    Optional[str], typer.Option(help="Time a real-size random-weight transformer: wan2.1-1.3b or wan2.1-14b.")
+    Optional[str], typer.Option(help="Time a real-size random-weight transformer (wan2.1-1.3b, ltx-video, ...).")
 ]
 ProfileLatent = Annotated[Optional[str], typer.Option(help="--profile latent F,H,W (default 21,60,104 = 81×480×832).")]
 Compile = Annotated[Optional[bool], typer.Option("--compile", help="torch.compile each transformer block.")]

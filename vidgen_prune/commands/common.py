@@ -43,9 +43,9 @@ RouterDir = Annotated[
     Optional[str], typer.Option(help="--method router: a train-router output folder; default: the embedded model's.")
 ]
 Steps = Annotated[Optional[int], typer.Option(help="Denoising steps.")]
-Frames = Annotated[Optional[int], typer.Option(help="Frames (4k+1).")]
-Height = Annotated[Optional[int], typer.Option(help="Height in pixels (multiple of 16).")]
-Width = Annotated[Optional[int], typer.Option(help="Width in pixels (multiple of 16).")]
+Frames = Annotated[Optional[int], typer.Option(help="Frames (the family's rule: Wan 4k+1, LTX-Video 8k+1).")]
+Height = Annotated[Optional[int], typer.Option(help="Height in pixels (Wan: a multiple of 16, LTX-Video: 32).")]
+Width = Annotated[Optional[int], typer.Option(help="Width in pixels (Wan: a multiple of 16, LTX-Video: 32).")]
 Guidance = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed, in [0, 2**63) (default 0).")]
 Fps = Annotated[Optional[int], typer.Option(help="Frames per second of the MP4.")]
@@ -75,7 +75,8 @@ ImagePath = Annotated[
 ]
 VaeTiling = Annotated[Optional[bool], typer.Option("--vae-tiling", help="Decode large frames tile by tile.")]
 Preset = Annotated[
-    Optional[str], typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b) or YAML path; flags override.")
+    Optional[str], typer.Option(help="Preset name (presets/*.yaml: wan2.1-1.3b, ltx-video, ...) or YAML path; flags "
+                                   "override; default: the model's own.")
 ]
 OutPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output MP4 path (a .json sidecar goes beside).")]
 OptionalPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (or --prompts FILE).")]

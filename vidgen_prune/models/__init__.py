@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 
 from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid
+from .ltx_video import LTXVideoAdapter
+from .mochi import MochiAdapter
+from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(),)
+ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), LTXVideoAdapter(), SkyReelsV2Adapter(), MochiAdapter())
 _BY_TRANSFORMER = {name: adapter for adapter in ADAPTERS for name in adapter.transformer_classes}
 
 
@@ -48,6 +51,9 @@ def denoisers(pipe) -> list[torch.nn.Module]:
             break
     if adapter is None:
         raise ValueError(f"{type(pipe).__name__} has no transformer to prune")
+    refusal = adapter.refused_pipelines.get(type(pipe).__name__)
+    if refusal:
+        raise ValueError(f"{type(pipe).__name__} is not supported: {refusal}")
     found = [getattr(pipe, name, None) for name in adapter.denoiser_names]
     return [module for module in found if module is not None]
 
@@ -59,7 +65,23 @@ def describe_pipeline(pipe) -> ModelInfo:
     present = tuple(name for name in adapter.denoiser_names if getattr(pipe, name, None) is not None)
     components = {name: dict(getattr(pipe, name).config) for name in (*present, "vae") if getattr(pipe, name, None)}
     source = getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__
-    return ModelInfo(source, type(pipe).__name__, type(modules[0]).__name__, present, adapter, components)
+    return ModelInfo(source, type(pipe).__name__, type(modules[0]).__name__, present, adapter, components,
+                     _settings(dict(pipe.config)))
+
+
+def _settings(index: dict) -> dict:
+    """A pipeline config's own settings (boundary_ratio, expand_timesteps, ...), without its components."""
+    return {name: value for name, value in index.items()
+            if not name.startswith("_") and not (isinstance(value, (list, tuple)) and len(value) == 2)}
+
+
+def _check_pipeline(adapter: ModelAdapter, pipeline_class: str, source: str) -> None:
+    """The family runs `pipeline_class`, or a ValueError says why not (its own reason for a refused pipeline)."""
+    if pipeline_class in adapter.refused_pipelines:
+        raise ValueError(f"{source}: {pipeline_class} is not supported: {adapter.refused_pipelines[pipeline_class]}")
+    if pipeline_class not in adapter.pipeline_classes:
+        raise ValueError(f"{source}: {pipeline_class} is not supported (the {adapter.name} family runs "
+                         f"{', '.join(adapter.pipeline_classes)})")
 
 
 # ------------------------------------------------------------------------------------------------ before loading
@@ -87,9 +109,7 @@ def inspect_model(model: str | None) -> ModelInfo:
     if adapter is None:
         raise ValueError(f"{source}: {pipeline_class} with {transformer_class} is not supported; supported families: "
                          f"{supported()}")
-    if pipeline_class not in adapter.pipeline_classes:
-        raise ValueError(f"{source}: {pipeline_class} is not supported (the {adapter.name} family runs "
-                         f"{', '.join(adapter.pipeline_classes)})")
+    _check_pipeline(adapter, pipeline_class, source)
     present = tuple(name for name in adapter.denoiser_names if name in entries and entries[name][1])
     components = {}
     for name in present:
@@ -104,7 +124,7 @@ def inspect_model(model: str | None) -> ModelInfo:
         for name, (library, _) in entries.items():
             if library in ("diffusers", "transformers") and (folder / name / "config.json").is_file():
                 _check_weights(folder / name)
-    return ModelInfo(source, pipeline_class, transformer_class, present, adapter, components)
+    return ModelInfo(source, pipeline_class, transformer_class, present, adapter, components, _settings(index))
 
 
 def _read_local_json(folder: Path, name: str) -> dict:

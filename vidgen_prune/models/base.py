@@ -148,6 +148,7 @@ class ModelInfo:
     denoisers: tuple[str, ...]  # pipeline components that are pruned (e.g. transformer and transformer_2)
     adapter: ModelAdapter
     components: dict = field(default_factory=dict, repr=False)  # component name → its config.json (those read)
+    pipeline_config: dict = field(default_factory=dict)  # model_index.json's own settings (expand_timesteps, ...)
 
     def component_config(self, name: str) -> dict:
         return self.components.get(name) or {}
@@ -160,20 +161,30 @@ class ModelAdapter:
     transformer_classes: tuple[str, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
     denoiser_names: tuple[str, ...] = ("transformer",)
+    # pipelines of the family's transformer that vidprune refuses, each with the reason (one line, for the user)
+    refused_pipelines: Mapping[str, str] = {}
+    image_pipeline: str = ""  # the family's image-to-video pipeline class (the one `--image` runs); "": none
+    preset: str = ""  # the preset for a checkpoint whose name matches no entry of presets.MODEL_PRESETS; "": none
     profiles: Mapping[str, Profile] = {}
+    blocks_attribute: str = ""  # the transformer's one ModuleList of blocks, for families that have one
+    block_layout: BlockLayout | None = None  # the layout of every block, for families whose blocks are all alike
 
     # -------------------------------------------------------------------------------------------- transformer
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """Every block the pruner may reduce, in call order; a layer index is a position in this list."""
-        raise NotImplementedError
+        if not self.blocks_attribute:
+            raise NotImplementedError
+        return list(getattr(transformer, self.blocks_attribute))
 
     def num_blocks(self, info: ModelInfo) -> int:
         """len(blocks(...)) from the denoiser's config.json alone, so budgets are checked before loading."""
         return info.component_config(info.denoisers[0])["num_layers"]
 
     def layout(self, block: torch.nn.Module) -> BlockLayout:
-        raise NotImplementedError
+        if self.block_layout is None:
+            raise NotImplementedError
+        return self.block_layout
 
     def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> TokenGrid:
         """Grid of the video tokens of the forward called with `args`, `kwargs`."""
@@ -223,6 +234,42 @@ class ModelAdapter:
         """The pipeline call's own arguments for the generic settings `gen` (a GenerateConfig)."""
         raise NotImplementedError
 
+    def animates_image(self, info: ModelInfo) -> bool:
+        """Whether a checkpoint whose model_index.json names a text-to-video class also takes `--image` (through
+        `image_pipeline`, built on its components)."""
+        return False
+
+    def check_image(self, gen, info: ModelInfo) -> None:
+        """`--image` is given exactly when the model takes one: required by an image-to-video pipeline, refused by a
+        text-to-video-only model."""
+        if info.pipeline_class == self.image_pipeline:
+            if gen.image is None:
+                raise ValueError(f"{info.source} is an image-to-video {self.name} pipeline: give --image PATH (the "
+                                 "first frame)")
+        elif gen.image is not None and not self.animates_image(info):
+            raise ValueError(f"--image needs an image-to-video model; {info.source} is a {info.pipeline_class} (text "
+                             "to video only)")
+
+    def sibling_config(self, pipe) -> dict:
+        """The image-to-video sibling's own settings, taken over from the text-to-video pipeline `pipe`."""
+        return {}
+
+    def pipeline_for(self, pipe, gen, info: ModelInfo):
+        """The pipeline that runs `gen`: `pipe` itself, or for `--image` on a text-to-video class the family's
+        `image_pipeline` built on the same components (no weight is copied)."""
+        if gen.image is None or info.pipeline_class == self.image_pipeline:
+            return pipe
+        import diffusers
+
+        sibling = getattr(diffusers, self.image_pipeline)(**pipe.components, **self.sibling_config(pipe))
+        sibling.register_to_config(_name_or_path=info.source)
+        sibling.set_progress_bar_config(disable=True)
+        return sibling
+
+    def prepare_profile(self, transformer: torch.nn.Module, device) -> None:
+        """Make a freshly built real-size profile transformer runnable on `device` (on the meta device a family may
+        need a shapes-only stand-in for an op that has no meta kernel)."""
+
     def profile_timestep(self, t: float, device) -> torch.Tensor:
         """The timestep argument of a profiled forward at noise level `t` (0..1000)."""
         return torch.tensor([t], device=device)
@@ -242,6 +289,11 @@ def gather_tokens(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     from ..kernels import gather_tokens as gather
 
     return gather(value, index)
+
+
+def rows_at(index: torch.Tensor | None, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each per-token tensor (B or 1, N, ...) at the tokens `index` (B, K), or as it is when `index` is None."""
+    return values if index is None else tuple(gather_tokens(value, index) for value in values)
 
 
 def gather_pair(pair, index: torch.Tensor):
