@@ -13,6 +13,7 @@ start of each call. The CLI and the bench run through these same functions.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 
 from .config import PruneConfig
@@ -91,6 +92,8 @@ class PruneHandle:
         original = scheduler.set_timesteps
         controller = self.controller
 
+        # wraps: pipelines read set_timesteps' signature (HunyuanVideo passes sigmas only where it takes them)
+        @functools.wraps(original)
         def set_timesteps(*args, **kwargs):
             result = original(*args, **kwargs)
             controller.begin(len(scheduler.timesteps))

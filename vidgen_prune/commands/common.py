@@ -96,11 +96,12 @@ def check_model(gen, prunes: list, info=None):
     its family's rules forbid, a budget its depth cannot reach. Returns what the model's JSON files say (`info`, when
     given, is that already read)."""
     from ..models import inspect_model
-    from ..pruning import make_pruner
+    from ..pruning import check_method, make_pruner
 
     info = info or inspect_model(gen.model)
     info.adapter.check_inputs(gen, info)
     for prune in prunes:
+        check_method(prune.method, info.adapter)
         make_pruner(prune).check_budget(info.adapter.num_blocks(info))
     return info
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid
+from .cogvideox import CogVideoXAdapter
+from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(),)
+ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), CogVideoXAdapter())
 _BY_TRANSFORMER = {name: adapter for adapter in ADAPTERS for name in adapter.transformer_classes}
 
 
@@ -178,6 +180,7 @@ def _check_weights(component: Path) -> None:
 
 
 __all__ = [
-    "ADAPTERS", "BlockCall", "BlockLayout", "ModelAdapter", "ModelInfo", "Profile", "TokenGrid", "WanAdapter",
+    "ADAPTERS", "BlockCall", "BlockLayout", "CogVideoXAdapter", "HunyuanVideoAdapter", "ModelAdapter", "ModelInfo",
+    "Profile", "TokenGrid", "WanAdapter",
     "adapter_for", "denoisers", "describe_pipeline", "inspect_model", "profiles", "supported",
 ]

@@ -30,15 +30,6 @@ TIMESTEP_HOOK = "vidprune_cache_timestep"
 DIFFUSERS_CACHE_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "pyramid_attention_broadcast", "taylorseer_cache")
 
 
-def _compute_marker(module):
-    """A child that runs only when `module` really computes: a block's FFN or an attention's output projection."""
-    if hasattr(module, "ffn"):
-        return module.ffn
-    if hasattr(module, "to_out"):
-        return module.to_out[0]
-    return None  # a bare projection (TaylorSeer's proj_out): its skips are counted through the blocks
-
-
 class CacheMonitor:
     """A diffusers cache on every denoiser of a pipeline, with counts of the calls to the modules it hooks and of
     the calls that really computed (the rest were replayed, predicted or skipped), summed over the denoisers."""
@@ -46,6 +37,9 @@ class CacheMonitor:
     def __init__(self, transformers: list, name: str, diffusers_config):
         from diffusers.hooks import HookRegistry, ModelHook
 
+        from ..models import adapter_for
+
+        adapter = adapter_for(transformers[0])  # the family knows which child of a hooked module marks a compute
         self.transformers, self.name = transformers, name
         self.calls = self.computed = 0
         self.timestep = None
@@ -53,8 +47,7 @@ class CacheMonitor:
 
         class _TimestepProbe(ModelHook):  # PAB's timestep window needs the current timestep of each call
             def pre_forward(self, module, *args, **kwargs):
-                timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
-                monitor.timestep = float(timestep.flatten()[0])
+                monitor.timestep = float(adapter.timestep(args, kwargs).flatten()[0])
                 return args, kwargs
 
         self._handles = []
@@ -63,7 +56,7 @@ class CacheMonitor:
             transformer.enable_cache(diffusers_config)
             for module in transformer.modules():
                 hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
-                marker = _compute_marker(module)
+                marker = adapter.compute_marker(module)
                 if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
                     continue
                 self._handles.append(module.register_forward_pre_hook(self._count_call))
