@@ -22,11 +22,14 @@ def wan_two_experts(boundary_ratio: float = 0.5):
 
 
 def _word_tokenizer(padding_side: str = "right"):
+    """The embedded model's word-level tokenizer, padding on `padding_side` (an init argument, so it is saved)."""
+    from transformers import PreTrainedTokenizerFast
+
     from vidgen_prune.tiny.pipeline import build_tokenizer
 
-    tokenizer = build_tokenizer()
-    tokenizer.padding_side = padding_side
-    return tokenizer
+    words = build_tokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=words.backend_tokenizer, padding_side=padding_side,
+                                   **words.special_tokens_map)
 
 
 def hunyuan_video(num_layers: int = 2, num_single_layers: int = 4, image_condition_type: str | None = None):

@@ -42,6 +42,7 @@ class CacheMonitor:
         adapter = adapter_for(transformers[0])  # the family knows which child of a hooked module marks a compute
         self.transformers, self.name = transformers, name
         self.calls = self.computed = 0
+        self._open: set = set()  # hooked modules called and not yet seen computing
         self.timestep = None
         monitor = self
 
@@ -60,13 +61,22 @@ class CacheMonitor:
                 if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
                     continue
                 self._handles.append(module.register_forward_pre_hook(self._count_call))
-                self._handles.append(marker.register_forward_pre_hook(self._count_compute))
+                self._handles.append(marker.register_forward_pre_hook(self._compute_counter(module)))
 
     def _count_call(self, module, args):
         self.calls += 1
+        self._open.add(module)
 
-    def _count_compute(self, module, args):
-        self.computed += 1
+    def _compute_counter(self, owner):
+        """Count a call of `owner` as computed once, however often its marker runs in it (a pruned block whose
+        samples keep different tokens runs once per sample)."""
+
+        def count(marker, args):
+            if owner in self._open:
+                self._open.discard(owner)
+                self.computed += 1
+
+        return count
 
     @property
     def compute_fraction(self) -> float | None:
