@@ -414,3 +414,15 @@ def test_the_meta_device_gives_the_flop_bound_of_a_real_profile_run(adapter_name
         assert shapes["kept_fraction"] == real["kept_fraction"] and shapes["tflops"] == real["tflops"]
         assert real["tokens_per_forward"] == 192 and real["transformer_s"] > 0
     assert all(record["flop_bound_speedup"] > 1.2 for record in records["cpu"][1:])
+
+
+def test_mask_figures_map_cogvideox_15_tokens_onto_its_padded_frames():
+    """CogVideoX-1.5 patches 2 latent frames per token and its pipeline pads the latents at the front: 9 frames →
+    3 latent frames → [pad, 0], [1, 2]; pixel frame 0 is token frame 0 alone, frames 1–8 token frame 1."""
+    from vidgen_prune.viz import TokenGeometry
+
+    geometry = TokenGeometry(temporal_factor=4, patch_frames=2, token_px=16)
+    assert geometry.grid(9, 128, 128).frames == 2
+    assert geometry.token_frame(9).tolist() == [0] + [1] * 8
+    assert TokenGeometry(4, 2, 16).token_frame(13).tolist() == [0] * 5 + [1] * 8  # 4 latent frames: no padding
+    assert TokenGeometry(4, 1, 16).token_frame(9).tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]  # Wan: one per token
