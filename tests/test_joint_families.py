@@ -381,19 +381,22 @@ def test_a_token_replace_hunyuanvideo_is_refused_before_loading(tmp_path, monkey
 
 # ----------------------------------------------------------------------------------------------- bench --profile
 
-TINY_PROFILES = {  # adapter class name → a tiny profile shaped like the dummies
-    "HunyuanVideoAdapter": dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
-                                num_layers=2, num_single_layers=4, num_refiner_layers=1, patch_size=2, patch_size_t=1,
-                                text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)),
-    "CogVideoXAdapter": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-                             time_embed_dim=8, text_embed_dim=16, num_layers=6, sample_width=16, sample_height=16,
-                             max_text_seq_length=TEXT, use_rotary_positional_embeddings=True),
+_TINY_COG = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+                 text_embed_dim=16, num_layers=6, sample_width=16, sample_height=16, max_text_seq_length=TEXT,
+                 use_rotary_positional_embeddings=True)
+TINY_PROFILES = {  # name → (adapter class, a config shaped like the dummies, video tokens of a (3, 16, 16) latent)
+    "hunyuanvideo": ("HunyuanVideoAdapter", dict(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=4,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(4, 6, 6)), 192),
+    "cogvideox-5b": ("CogVideoXAdapter", _TINY_COG, 192),
+    "cogvideox-1.5": ("CogVideoXAdapter", dict(_TINY_COG, patch_size_t=2, patch_bias=False), 128),  # 3 → 4 frames
 }
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("adapter_name", sorted(TINY_PROFILES))
-def test_the_meta_device_gives_the_flop_bound_of_a_real_profile_run(adapter_name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(TINY_PROFILES))
+def test_the_meta_device_gives_the_flop_bound_of_a_real_profile_run(name, tmp_path, monkeypatch):
     """`bench --profile` on each family: the shapes-only run on the meta device has the kept fractions and FLOPs of
     the same profile run for real (random weights, the family's own profile inputs: mask, pooled text, guidance,
     rotary tables)."""
@@ -401,8 +404,9 @@ def test_the_meta_device_gives_the_flop_bound_of_a_real_profile_run(adapter_name
     from vidgen_prune.bench import Bench, make_spec
     from vidgen_prune.models import Profile
 
+    adapter_name, config, tokens = TINY_PROFILES[name]
     adapter = next(a for a in models.ADAPTERS if type(a).__name__ == adapter_name)
-    profile = Profile(TINY_PROFILES[adapter_name], (3, 16, 16), TEXT, adapter.pipeline_classes[0])
+    profile = Profile(config, (3, 16, 16), TEXT, adapter.pipeline_classes[0])
     monkeypatch.setitem(type(adapter).profiles, "tiny-test", profile)
     records = {}
     for device in ("cpu", "meta"):
@@ -412,7 +416,7 @@ def test_the_meta_device_gives_the_flop_bound_of_a_real_profile_run(adapter_name
         records[device] = Bench(spec, tmp_path / device).run(None).records
     for real, shapes in zip(records["cpu"], records["meta"]):
         assert shapes["kept_fraction"] == real["kept_fraction"] and shapes["tflops"] == real["tflops"]
-        assert real["tokens_per_forward"] == 192 and real["transformer_s"] > 0
+        assert real["tokens_per_forward"] == tokens and real["transformer_s"] > 0
     assert all(record["flop_bound_speedup"] > 1.2 for record in records["cpu"][1:])
 
 

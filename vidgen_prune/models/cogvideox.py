@@ -52,7 +52,7 @@ _COG_COMMON = dict(
 )
 _COG10 = dict(_COG_COMMON, sample_width=90, sample_height=60, sample_frames=49)
 COG10_LATENT = (13, 60, 90)  # 49 frames at 480×720 through its VAE (4× time, 8× space)
-COG15_LATENT = (22, 96, 170)  # 81 frames at 768×1360: 21 latent frames, padded to 22 for the temporal patch of 2
+COG15_LATENT = (21, 96, 170)  # 81 frames at 768×1360 (the forward pads the 21 latent frames to 22, as the pipeline)
 
 
 class CogVideoXAdapter(ModelAdapter):
@@ -158,6 +158,7 @@ class CogVideoXAdapter(ModelAdapter):
 
         config = transformer.config
         frames, height, width = latent
+        frames = -(-frames // (config.patch_size_t or 1)) * (config.patch_size_t or 1)  # padded as the pipeline pads
         inputs = dict(
             hidden_states=torch.randn(1, frames, config.in_channels, height, width, device=device, dtype=dtype),
             encoder_hidden_states=torch.randn(1, profile.text_tokens, config.text_embed_dim, device=device,
@@ -178,6 +179,5 @@ class CogVideoXAdapter(ModelAdapter):
 
         vae = AutoencoderKLCogVideoX().to(device).eval()  # the default config is CogVideoX's VAE, in float32
         vae.enable_tiling()  # as the model cards run it
-        # the whole latent (1.5's pipeline first drops its one padding frame: 22 → 21 at the profile's size)
-        latents = torch.randn(1, vae.config.latent_channels, *latent, device=device)
+        latents = torch.randn(1, vae.config.latent_channels, *latent, device=device)  # 1.5: its padding dropped
         return lambda: vae.decode(latents, return_dict=False)

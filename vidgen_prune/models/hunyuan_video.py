@@ -67,6 +67,13 @@ _IMAGE_CONDITIONS = {
     "latent_concat": "it needs the image latents its image-to-video pipeline concatenates to the noise",
 }
 
+
+def _check_text_to_video(condition: str | None) -> None:
+    if condition is not None:
+        raise ValueError(f"HunyuanVideo with image_condition_type={condition} is not supported: "
+                         f"{_IMAGE_CONDITIONS.get(condition, 'an unknown image conditioning')}")
+
+
 # HunyuanVideo's transformer config.json (hunyuanvideo-community/HunyuanVideo)
 HUNYUAN_CONFIG = dict(
     in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
@@ -92,10 +99,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     # -------------------------------------------------------------------------------------------- transformer
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        condition = transformer.config.image_condition_type
-        if condition is not None:
-            raise ValueError(f"HunyuanVideo with image_condition_type={condition} is not supported: "
-                             f"{_IMAGE_CONDITIONS.get(condition, 'an unknown image conditioning')}")
+        _check_text_to_video(transformer.config.image_condition_type)
         return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
 
     def num_blocks(self, info: ModelInfo) -> int:
@@ -141,10 +145,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     # ----------------------------------------------------------------------------------------------- pipeline
 
     def check_inputs(self, gen, info: ModelInfo) -> None:
-        condition = info.component_config(info.denoisers[0]).get("image_condition_type")
-        if condition is not None:
-            raise ValueError(f"HunyuanVideo with image_condition_type={condition} is not supported: "
-                             f"{_IMAGE_CONDITIONS.get(condition, 'an unknown image conditioning')}")
+        _check_text_to_video(info.component_config(info.denoisers[0]).get("image_condition_type"))
         if gen.image is not None:
             raise ValueError(f"--image needs an image-to-video pipeline; {info.source} is a {info.pipeline_class}")
         if gen.negative_prompt.strip():
