@@ -11,11 +11,13 @@ import yaml
 from ..config import GenerateConfig, PruneConfig, check_field_types, config_keys
 
 EMBEDDED_PRESET = "tiny-wan"
-# substrings of a model id or folder name → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)
+# substrings of a model id or folder name (lower case) → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers,
+# hunyuanvideo-community/HunyuanVideo, THUDM/CogVideoX-5b, THUDM/CogVideoX1.5-5B)
 MODEL_PRESETS = {
     "wan2.1-t2v-1.3b": "wan2.1-1.3b", "wan2.1-t2v-14b": "wan2.1-14b", "wan2.1-i2v-14b-480p": "wan2.1-i2v-14b",
     "wan2.2-t2v-a14b": "wan2.2-a14b", "wan2.2-ti2v-5b": "wan2.2-ti2v-5b", "ltx-video": "ltx-video",
-    "skyreels-v2-t2v-14b-540p": "skyreels-v2", "mochi-1": "mochi",
+    "skyreels-v2-t2v-14b-540p": "skyreels-v2", "mochi-1": "mochi", "hunyuanvideo": "hunyuanvideo",
+    "cogvideox-2b": "cogvideox-2b", "cogvideox-5b": "cogvideox-5b", "cogvideox1.5-5b": "cogvideox1.5-5b",
 }
 SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig}
 

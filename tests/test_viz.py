@@ -24,7 +24,8 @@ def test_pixel_frames_map_to_latent_frames_as_in_wans_causal_vae():
     # 17 frames → latent frames [0] [1-4] [5-8] [9-12] [13-16]
     assert WAN.token_frame(17).tolist() == [0] + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
     assert WAN.grid(17, 128, 128) == TokenGrid(5, 16, 16)
-    assert TokenGeometry(4, 2, 8).token_frame(9).tolist() == [0] * 5 + [1] * 4  # patch_t 2: two latents a token
+    # patch_t 2: two latents a token, 3 latent frames padded at the front as CogVideoX-1.5's pipeline pads them
+    assert TokenGeometry(4, 2, 8).token_frame(9).tolist() == [0] + [1] * 8
 
 
 def test_geometry_of_the_test_pipeline_matches_its_token_count(tiny_pipe):

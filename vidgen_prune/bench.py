@@ -301,7 +301,7 @@ def check_budgets(spec: BenchSpec, pipe) -> None:
     """Refuse (ValueError), before any compute, a method × reduction the model's depth cannot reach, or a router
     made for another model."""
     from .models import ModelInfo, denoisers
-    from .pruning import check_pruner, make_pruner
+    from .pruning import check_method, check_pruner, make_pruner
 
     for entry in spec.entries:
         for reduction in spec.reductions if entry.spends_budget else (0.0,):
@@ -310,6 +310,7 @@ def check_budgets(spec: BenchSpec, pipe) -> None:
                 adapter, profile = profiles()[spec.profile]
                 info = ModelInfo(spec.profile, profile.pipeline_class, adapter.transformer_classes[0],
                                  ("transformer",), adapter, {"transformer": profile.config})
+                check_method(config.method, adapter)
                 make_pruner(config).check_budget(adapter.num_blocks(info))
             else:
                 for transformer in denoisers(pipe):

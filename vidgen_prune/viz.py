@@ -41,14 +41,20 @@ class TokenGeometry:
         return cls(*adapter_for(denoisers(pipe)[0]).token_geometry(pipe))
 
     def grid(self, frames: int, height: int, width: int) -> TokenGrid:
-        latent_frames = (frames - 1) // self.temporal_factor + 1
-        return TokenGrid(latent_frames // self.patch_frames, height // self.token_px, width // self.token_px)
+        return TokenGrid(-(-self._latent_frames(frames) // self.patch_frames), height // self.token_px,
+                         width // self.token_px)
 
     def token_frame(self, pixel_frames: int) -> np.ndarray:
-        """Token frame index of each pixel frame, (pixel_frames,)."""
+        """Token frame index of each pixel frame, (pixel_frames,). Latent frames that do not fill whole temporal
+        patches are padded at the front (CogVideoX-1.5's pipeline: 3 latent frames → [pad, 0], [1, 2])."""
         pixel = np.arange(pixel_frames)
         latent = np.where(pixel == 0, 0, (pixel - 1) // self.temporal_factor + 1)
-        return latent // self.patch_frames
+        latent_frames = self._latent_frames(pixel_frames)
+        padding = -latent_frames % self.patch_frames
+        return (latent + padding) // self.patch_frames
+
+    def _latent_frames(self, pixel_frames: int) -> int:
+        return (pixel_frames - 1) // self.temporal_factor + 1
 
 
 def cond_keep_masks(masks: list, grid: TokenGrid) -> dict[tuple[int, int], np.ndarray]:

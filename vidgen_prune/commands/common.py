@@ -130,7 +130,7 @@ def check_model(gen, prunes: list, info=None):
     given, is that already read)."""
     from ..compose import check_pruning_setup
     from ..models import inspect_model
-    from ..pruning import make_pruner
+    from ..pruning import check_method, make_pruner
 
     if gen.device == "meta":
         raise ValueError("--device meta holds no weights: it is for bench --profile's FLOP bound of a real-size model")
@@ -138,6 +138,7 @@ def check_model(gen, prunes: list, info=None):
     info.adapter.check_inputs(gen, info)
     for prune in prunes:
         check_pruning_setup(gen, prune)
+        check_method(prune.method, info.adapter)
         make_pruner(prune).check_budget(info.adapter.num_blocks(info))
     return info
 

@@ -65,7 +65,9 @@ def train_router(
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)
-        check_model(config.sampling, [])
+        from ..pruning import check_method
+
+        check_method("router", check_model(config.sampling, []).adapter)
 
     with runtime_failure(verbose):
         from ..engine import load_pipeline

@@ -15,12 +15,16 @@ from pathlib import Path
 import torch
 
 from .base import BlockCall, BlockLayout, ModelAdapter, ModelInfo, Profile, TokenGrid
+from .cogvideox import CogVideoXAdapter
+from .hunyuan_video import HunyuanVideoAdapter
 from .ltx_video import LTXVideoAdapter
 from .mochi import MochiAdapter
 from .skyreels_v2 import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), LTXVideoAdapter(), SkyReelsV2Adapter(), MochiAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (
+    WanAdapter(), HunyuanVideoAdapter(), CogVideoXAdapter(), LTXVideoAdapter(), SkyReelsV2Adapter(), MochiAdapter(),
+)
 _BY_TRANSFORMER = {name: adapter for adapter in ADAPTERS for name in adapter.transformer_classes}
 
 
@@ -198,6 +202,7 @@ def _check_weights(component: Path) -> None:
 
 
 __all__ = [
-    "ADAPTERS", "BlockCall", "BlockLayout", "ModelAdapter", "ModelInfo", "Profile", "TokenGrid", "WanAdapter",
+    "ADAPTERS", "BlockCall", "BlockLayout", "CogVideoXAdapter", "HunyuanVideoAdapter", "ModelAdapter", "ModelInfo",
+    "Profile", "TokenGrid", "WanAdapter",
     "adapter_for", "denoisers", "describe_pipeline", "inspect_model", "profiles", "supported",
 ]

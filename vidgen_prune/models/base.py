@@ -39,6 +39,9 @@ class TokenGrid:
 
 # (value of a per-token block argument, index (B, K)) → the value for the K gathered tokens
 GatherFn = Callable[[Any, torch.Tensor], Any]
+# (value of an argument over the joint sequence [N video; L text] (a joint attention mask), index (B, K), N) → the
+# value over [K video; L text]
+JointGatherFn = Callable[[Any, torch.Tensor, int], Any]
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,18 @@ class BlockLayout:
     video_output: the block returns a tuple with the video stream at this index (the rest, e.g. the text stream of
         joint attention, is returned as the block computed it); None: it returns the video tensor itself.
     batch_args: for families whose per-token arguments have no batch dimension (a rotary table (N, D) shared by
-        the batch), the arguments that do carry the batch: when the samples keep different tokens, the block runs
-        once per sample with these sliced, and each token argument gathered with that sample's index (1, K).
-        Empty: the token arguments are batched and one call serves every sample.
+        the batch), the arguments that do carry the batch: when such a token argument is present and the samples
+        keep different tokens, the block runs once per sample with these sliced, and each token argument gathered
+        with that sample's index (1, K). Empty: the token arguments are batched and one call serves every sample.
+    joint_args: arguments that span the joint sequence of the N video tokens followed by the L text tokens (a joint
+        attention mask (B, 1, 1, N + L)), and how each follows a gather of the video tokens given N; the text part
+        is never gathered.
     """
 
     token_args: Mapping[str, GatherFn]
     video_output: int | None = None
     batch_args: tuple[str, ...] = ()
+    joint_args: Mapping[str, JointGatherFn] = field(default_factory=dict)
 
 
 class BlockCall:
@@ -79,13 +86,24 @@ class BlockCall:
         for name, gather in self.layout.token_args.items():
             if bound.arguments.get(name) is not None:
                 bound.arguments[name] = gather(bound.arguments[name], index)
+        tokens = self.hidden_states.shape[1]
+        for name, gather in self.layout.joint_args.items():
+            if bound.arguments.get(name) is not None:
+                bound.arguments[name] = gather(bound.arguments[name], index, tokens)
         return bound
+
+    @property
+    def shares_tables(self) -> bool:
+        """The call carries a per-token argument without a batch dimension (see `BlockLayout.batch_args`)."""
+        return bool(self.layout.batch_args) and any(self.arguments.get(name) is not None
+                                                    for name in self.layout.token_args)
 
     def run(self, forward: Callable, rows: torch.Tensor, index: torch.Tensor):
         """`forward` on the K rows: returns (video rows out (B, K, D), the block's whole output)."""
-        if self.layout.batch_args and index.shape[0] > 1 and not bool((index == index[:1]).all()):
+        shared = self.shares_tables
+        if shared and index.shape[0] > 1 and not bool((index == index[:1]).all()):
             return self._run_per_sample(forward, rows, index)
-        bound = self.arguments_for(rows, index[:1] if self.layout.batch_args else index)
+        bound = self.arguments_for(rows, index[:1] if shared else index)
         output = forward(*bound.args, **bound.kwargs)
         return self.video(output), output
 
@@ -168,6 +186,8 @@ class ModelAdapter:
     profiles: Mapping[str, Profile] = {}
     blocks_attribute: str = ""  # the transformer's one ModuleList of blocks, for families that have one
     block_layout: BlockLayout | None = None  # the layout of every block, for families whose blocks are all alike
+    # pruning method → why this family cannot run it (refused with exit 2 before loading; see pruning.check_method)
+    unsupported_methods: Mapping[str, str] = {}
 
     # -------------------------------------------------------------------------------------------- transformer
 
@@ -223,6 +243,16 @@ class ModelAdapter:
     def fused_skip(self, block: torch.nn.Module) -> Callable | None:
         """A fused token-skip forward `(hidden (B, N, D), index (B, K), call) → the block's output` that may update
         hidden in place, or None when the family has none."""
+        return None
+
+    def compute_marker(self, module: torch.nn.Module) -> torch.nn.Module | None:
+        """A child of `module` (a block or an attention module a diffusers cache hooks) that runs only when the
+        module really computes, so a cache's reuse can be counted; None: not counted there (a bare projection such as
+        TaylorSeer's proj_out, whose skips show through the blocks)."""
+        if hasattr(module, "ffn"):
+            return module.ffn
+        if getattr(module, "to_out", None) is not None:
+            return module.to_out[0]
         return None
 
     # ----------------------------------------------------------------------------------------------- pipeline
@@ -299,3 +329,56 @@ def rows_at(index: torch.Tensor | None, *values: torch.Tensor) -> tuple[torch.Te
 def gather_pair(pair, index: torch.Tensor):
     """A (cos, sin) rotary pair with a token dimension at dim 1, each gathered to the K tokens."""
     return tuple(gather_tokens(part, index) for part in pair)
+
+
+def gather_table_pair(pair, index: torch.Tensor):
+    """A (cos, sin) pair of rotary tables (N, d) without a batch dimension, each cut to the K tokens of `index`
+    (1, K) → (K, d); see `BlockLayout.batch_args` for why the index has one row."""
+    return tuple(gather_tokens(part.unsqueeze(0), index[:1]).squeeze(0) for part in pair)
+
+
+def apply_rotary_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' real-valued rotary over interleaved pairs (x[2i], x[2i+1]); x (B, S, heads, d), cos/sin (B or 1, S,
+    1, d) with each value repeated for both members of a pair (as every family's tables are)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, heads, d/2) each
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def rotary_query_key(
+    attn: torch.nn.Module, normed: torch.Tensor, query_index: torch.Tensor | None, tables: tuple | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, heads, Sq, d) and k (B, heads, K, d) of `normed` video tokens (B, K, D) through a diffusers attention
+    module's own projections (fused or not) and per-head qk-norm, then the rotary `tables` (cos, sin), each (B or 1,
+    K, d), when given; the queries are the tokens at `query_index` (B, Sq) (all when None)."""
+    query_tokens = normed if query_index is None else gather_tokens(normed, query_index)  # (B, Sq, D)
+    if getattr(attn, "fused_projections", False):  # fused qkv weights: split the projection instead
+        dim, bias = attn.to_qkv.out_features // 3, attn.to_qkv.bias
+        query = torch.nn.functional.linear(query_tokens, attn.to_qkv.weight[:dim],
+                                           None if bias is None else bias[:dim])
+        key = torch.nn.functional.linear(normed, attn.to_qkv.weight[dim : 2 * dim],
+                                         None if bias is None else bias[dim : 2 * dim])
+    else:
+        query, key = attn.to_q(query_tokens), attn.to_k(normed)  # (B, Sq, D), (B, K, D)
+    query, key = query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1))  # (B, S, heads, d)
+    if attn.norm_q is not None:
+        query, key = attn.norm_q(query), attn.norm_k(key)
+    if tables is not None:
+        cos, sin = (part.unsqueeze(2) for part in tables)  # (B or 1, K, 1, d)
+        if query_index is None:
+            cos_q, sin_q = cos, sin
+        else:
+            cos_q, sin_q = gather_tokens(cos, query_index), gather_tokens(sin, query_index)  # (B, Sq, 1, d)
+        query, key = apply_rotary_pairs(query, cos_q, sin_q), apply_rotary_pairs(key, cos, sin)
+    return query.transpose(1, 2), key.transpose(1, 2)  # (B, heads, Sq, d), (B, heads, K, d)
+
+
+def table_rows(pair, positions: torch.Tensor | None):
+    """Rotary tables (N, d) at the video tokens `positions` (B, K) → (B, K, d) each; all of them (1, N, d) when
+    None."""
+    if positions is None:
+        return tuple(part.unsqueeze(0) for part in pair)
+    return tuple(gather_tokens(part.unsqueeze(0), positions) for part in pair)

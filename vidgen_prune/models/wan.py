@@ -23,20 +23,11 @@ from .base import (
     ModelInfo,
     Profile,
     TokenGrid,
+    apply_rotary_pairs,
     gather_pair,
     gather_tokens,
     rows_at,
 )
-
-
-def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved-pair rotary embedding; x (B, S, heads, d), cos/sin (B or 1, S, 1, d)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, heads, d/2) each
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
 
 
 def _gather_temb(temb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -119,7 +110,7 @@ class WanAdapter(ModelAdapter):
             query, key = attn.to_q(query_tokens), attn.to_k(normed)  # (B, Sq, D), (B, K, D)
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))  # (B, Sq, heads, d)
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))  # (B, K, heads, d)
-        query, key = _apply_rotary(query, cos_q, sin_q), _apply_rotary(key, cos, sin)
+        query, key = apply_rotary_pairs(query, cos_q, sin_q), apply_rotary_pairs(key, cos, sin)
         return query.transpose(1, 2), key.transpose(1, 2)  # (B, heads, Sq, d), (B, heads, K, d)
 
     def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:

@@ -27,11 +27,21 @@ def make_pruner(config):
     return getattr(importlib.import_module(f".{module}", __name__), name)(config)
 
 
+def check_method(method: str, adapter) -> None:
+    """Refuse (ValueError) a method the model family of `adapter` cannot run (`ModelAdapter.unsupported_methods`);
+    known before any weight is read."""
+    reason = adapter.unsupported_methods.get(method)
+    if reason:
+        raise ValueError(f"the {method} method is not offered for {adapter.name} models: {reason}")
+
+
 def check_pruner(config, transformer) -> None:
-    """Refuse (ValueError), before any compute, a method that cannot run on `transformer`: a budget out of reach,
-    or learned weights (a router) made for another model."""
+    """Refuse (ValueError), before any compute, a method that cannot run on `transformer`: one its family does not
+    offer, a budget out of reach, or learned weights (a router) made for another model."""
     from ..models import adapter_for
 
+    adapter = adapter_for(transformer)
+    check_method(config.method, adapter)
     pruner = make_pruner(config)
-    pruner.check_budget(len(adapter_for(transformer).blocks(transformer)))
+    pruner.check_budget(len(adapter.blocks(transformer)))
     pruner.check_model(transformer)

@@ -30,15 +30,6 @@ TIMESTEP_HOOK = "vidprune_cache_timestep"
 DIFFUSERS_CACHE_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook", "pyramid_attention_broadcast", "taylorseer_cache")
 
 
-def _compute_marker(module):
-    """A child that runs only when `module` really computes: a block's FFN or an attention's output projection."""
-    if hasattr(module, "ffn"):
-        return module.ffn
-    if hasattr(module, "to_out"):
-        return module.to_out[0]
-    return None  # a bare projection (TaylorSeer's proj_out): its skips are counted through the blocks
-
-
 class CacheMonitor:
     """A diffusers cache on every denoiser of a pipeline, with counts of the calls to the modules it hooks and of
     the calls that really computed (the rest were replayed, predicted or skipped), summed over the denoisers."""
@@ -46,15 +37,18 @@ class CacheMonitor:
     def __init__(self, transformers: list, name: str, diffusers_config):
         from diffusers.hooks import HookRegistry, ModelHook
 
+        from ..models import adapter_for
+
+        adapter = adapter_for(transformers[0])  # the family knows which child of a hooked module marks a compute
         self.transformers, self.name = transformers, name
         self.calls = self.computed = 0
+        self._open: set = set()  # hooked modules called and not yet seen computing
         self.timestep = None
         monitor = self
 
         class _TimestepProbe(ModelHook):  # PAB's timestep window needs the current timestep of each call
             def pre_forward(self, module, *args, **kwargs):
-                timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
-                monitor.timestep = float(timestep.flatten()[0])
+                monitor.timestep = float(adapter.timestep(args, kwargs).flatten()[0])
                 return args, kwargs
 
         self._handles = []
@@ -63,17 +57,26 @@ class CacheMonitor:
             transformer.enable_cache(diffusers_config)
             for module in transformer.modules():
                 hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
-                marker = _compute_marker(module)
+                marker = adapter.compute_marker(module)
                 if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
                     continue
                 self._handles.append(module.register_forward_pre_hook(self._count_call))
-                self._handles.append(marker.register_forward_pre_hook(self._count_compute))
+                self._handles.append(marker.register_forward_pre_hook(self._compute_counter(module)))
 
     def _count_call(self, module, args):
         self.calls += 1
+        self._open.add(module)
 
-    def _count_compute(self, module, args):
-        self.computed += 1
+    def _compute_counter(self, owner):
+        """Count a call of `owner` as computed once, however often its marker runs in it (a pruned block whose
+        samples keep different tokens runs once per sample)."""
+
+        def count(marker, args):
+            if owner in self._open:
+                self._open.discard(owner)
+                self.computed += 1
+
+        return count
 
     @property
     def compute_fraction(self) -> float | None:
