@@ -7,12 +7,16 @@ from pathlib import Path
 
 import yaml
 
+from ..causal.config import CausalConfig
 from ..config import GenerateConfig, PruneConfig, config_keys
 
 EMBEDDED_PRESET = "tiny-wan"
+EMBEDDED_CAUSAL_PRESET = "tiny-wan-causal"
 # substrings of a model id or folder name → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)
 MODEL_PRESETS = {"wan2.1-t2v-1.3b": "wan2.1-1.3b", "wan2.1-t2v-14b": "wan2.1-14b"}
-SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig}
+# the same for --causal: Self-Forcing is a causal Wan2.1-T2V-1.3B
+CAUSAL_MODEL_PRESETS = {"wan2.1-t2v-1.3b": "self-forcing-1.3b"}
+SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig, "causal": CausalConfig}
 
 
 def preset_names() -> list[str]:
@@ -20,11 +24,12 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def default_preset(model: str | None) -> str | None:
+def default_preset(model: str | None, causal: bool = False) -> str | None:
     """The embedded model's preset, or the preset a known model id names; None for an unknown model."""
     if model is None:
-        return EMBEDDED_PRESET
-    return next((preset for key, preset in MODEL_PRESETS.items() if key in model.lower()), None)
+        return EMBEDDED_CAUSAL_PRESET if causal else EMBEDDED_PRESET
+    presets = CAUSAL_MODEL_PRESETS if causal else MODEL_PRESETS
+    return next((preset for key, preset in presets.items() if key in model.lower()), None)
 
 
 def load_preset(name_or_path: str) -> dict[str, dict]:

@@ -53,6 +53,12 @@ class CausalResult:
     kv_cache_peak_mb: float  # every block's cache at its fullest (both guidance prompts)
     peak_memory_mb: float
     calls: list[ChunkCall] = field(default_factory=list, repr=False)
+    kept_fraction: float = 1.0  # no pruning inside chunks yet
+
+    @property
+    def tokens_per_forward(self) -> int:
+        """Video tokens of one call on a full chunk."""
+        return max(self.chunk_frames) * self.tokens_per_frame
 
     def timings(self) -> dict:
         return {

@@ -118,3 +118,18 @@ def print_json(data: dict) -> None:
     import json
 
     sys.stdout.write(json.dumps(data, default=str) + "\n")
+
+Causal = Annotated[
+    bool, typer.Option("--causal", help="Causal generation: chunk by chunk against a rolling KV cache, streamed to "
+                       "the MP4 (default model: the embedded causal one).")
+]
+ChunkFrames = Annotated[Optional[int], typer.Option(help="--causal: latent frames per chunk (Self-Forcing: 3).")]
+ChunkSteps = Annotated[Optional[int], typer.Option(help="--causal: denoising steps per chunk (Self-Forcing: 4).")]
+KvWindow = Annotated[
+    Optional[int], typer.Option(help="--causal: latent frames the KV cache keeps, sink frames included (default all).")
+]
+SinkFrames = Annotated[Optional[int], typer.Option(help="--causal: first latent frames the KV window never evicts.")]
+TransformerWeights = Annotated[
+    Optional[str], typer.Option(help="--causal: a Self-Forcing / CausVid transformer state dict with the original "
+                                "Wan key names (.pt or .safetensors), loaded into --model's transformer.")
+]
