@@ -36,8 +36,10 @@ def read_transformer_weights(path: str, model: str | None) -> dict[str, torch.Te
 
 
 def load_causal_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32",
-                         transformer_weights: dict[str, torch.Tensor] | None = None):
-    """`engine.load_pipeline(model)` with its transformer made the causal one (see the module docstring)."""
+                         transformer_weights: dict[str, torch.Tensor] | None = None,
+                         causal_transformer: str | None = None):
+    """`engine.load_pipeline(model)` with its transformer made the causal one (see the module docstring);
+    `causal_transformer` is a transformer folder to use instead of the embedded causal one (without `model`)."""
     from diffusers import WanTransformer3DModel
 
     from ..engine import DTYPES, load_pipeline
@@ -47,6 +49,7 @@ def load_causal_pipeline(model: str | None, device: str = "cpu", dtype: str = "f
     if transformer_weights is not None:
         pipe.transformer.load_state_dict(transformer_weights, strict=True)
     elif model is None:
-        causal = WanTransformer3DModel.from_pretrained(EMBEDDED_CAUSAL_DIR, torch_dtype=DTYPES[dtype])
+        folder = causal_transformer or EMBEDDED_CAUSAL_DIR
+        causal = WanTransformer3DModel.from_pretrained(folder, torch_dtype=DTYPES[dtype])
         pipe.register_modules(transformer=causal.eval().to(device))
     return pipe
