@@ -8,6 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from test_cli_generate import assert_refused  # the tests folder is on sys.path under pytest
 from typer.testing import CliRunner
 
 from vidgen_prune.causal.config import CausalConfig
@@ -42,13 +43,6 @@ def test_causal_generate_streams_an_mp4_and_records_the_chunks(tiny_model_dir, t
     assert meta["generate"]["steps"] == 2 and meta["prune"]["method"] == "dense"
     assert json.loads(result.stdout)["timings"]["chunk_s"] == timings["chunk_s"]
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
-
-
-def assert_refused(result, out, fragment: str):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in lines[0], result.output
-    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 @pytest.mark.parametrize(

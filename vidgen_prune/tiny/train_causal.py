@@ -41,6 +41,7 @@ from vidgen_prune.tiny.train import (
     _CsvLog,
     _log_row,
     _object_weighted_mean,
+    _optimise_with_ema,
     _progress,
     _set_cosine_lr,
     encode_training_set,
@@ -111,14 +112,7 @@ def train(pipe, sets: dict[int, _TrainingSet], embeds: torch.Tensor, empty: torc
             cells = data.on_object[pick].unsqueeze(1).to(args.device)  # (B, 1, F', h, w)
             error = (velocity - (noise - x0)).pow(2) * (s > 0)  # clean chunks are context, not targets
             loss = _object_weighted_mean(error, cells, args.object_weight) / (s > 0).float().mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-            optimiser.step()
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for ema_param, param in zip(ema.parameters(), transformer.parameters()):
-                    ema_param.lerp_(param, 1.0 - decay)
+            _optimise_with_ema(transformer, ema, optimiser, loss, step, args.ema)
             recent = (recent + [loss.item()])[-100:]
             if step % 10 == 0 or step == args.steps - 1:
                 log.write(_log_row(f"causal{data.size}", step, float(np.mean(recent)), lr, start))
