@@ -134,3 +134,26 @@ def test_a_pruned_context_pass_is_refused(tiny_pipe):
         cos, sin = rotary_at_frames(transformer.rope, torch.arange(1), 4, 4)
         with pytest.raises(ValueError, match="all 16 tokens"):
             block.attn1(torch.randn(1, 10, 32), None, None, (cos[:, :10], sin[:, :10]))
+
+
+def test_a_pruned_context_pass_that_supplies_full_width_keys_caches_every_token(tiny_pipe):
+    """The phase-2 write path: a block computing 10 of 16 tokens supplies the chunk's full-width keys/values; the
+    cache then holds exactly what a dense context pass writes, and the kept queries see the whole chunk."""
+    from vidgen_prune.causal.attention import self_attention_kv
+
+    attn = tiny_pipe.transformer.blocks[0].attn1
+    normed = torch.randn(1, 16, 32)  # (B, S, D) the block's normalised, modulated full-width input
+    rotary = rotary_at_frames(tiny_pipe.transformer.rope, torch.arange(1), 4, 4)
+    kept = torch.tensor([0, 1, 2, 4, 5, 7, 8, 11, 13, 15])
+    with causal_attention(tiny_pipe.transformer, "cache") as state, torch.no_grad():
+        state.reset(tokens_per_frame=16)
+        state.frame_positions, state.writing = torch.arange(1), True
+        dense = attn(normed, None, None, rotary)  # (1, 16, D)
+        dense_key = state.caches[0].key.clone()
+        state.reset(tokens_per_frame=16)
+        state.frame_positions, state.writing = torch.arange(1), True
+        _, key, value = self_attention_kv(attn, normed, rotary)
+        state.supply_full_width(0, key, value)
+        pruned = attn(normed[:, kept], None, None, tuple(t[:, kept] for t in rotary))  # (1, 10, D)
+    assert torch.equal(state.caches[0].key, dense_key) and not state.full_width  # consumed
+    torch.testing.assert_close(pruned, dense[:, kept], atol=TOLERANCE, rtol=0)

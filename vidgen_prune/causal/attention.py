@@ -55,6 +55,8 @@ class CausalState:
         self.caches: list[BlockKVCache] = []  # "cache": one per block
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
         self.writing = False  # "cache": this call is a context pass; append its keys/values after attending
+        # "cache": full-width keys/values of this call's chunk for a block that computes only some of its tokens
+        self.full_width: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.original_processors: list[tuple] = []  # (attn1, attn2) processors to restore
 
     def reset(self, tokens_per_frame: int, window: int | None = None, sink_frames: int = 0) -> None:
@@ -62,6 +64,14 @@ class CausalState:
         self.caches = [BlockKVCache(tokens_per_frame, window, sink_frames) for _ in range(self.num_layers)]
         self.cross_kv = [None] * self.num_layers
         self.writing = False
+        self.full_width = {}
+
+    def supply_full_width(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Keys/values (B, S, heads, d) of every token of this call's chunk for block `layer`, computed with
+        `self_attention_kv` from the block's full-width input (kept tokens' features computed, skipped ones passed
+        through). A pruned block supplies them before it runs on its kept tokens: its self-attention then attends to
+        the cache plus these, and a context pass caches these, so later chunks see every token."""
+        self.full_width[layer] = (key, value)
 
     def first_frame(self) -> int:
         return int(self.frame_positions[0])
@@ -79,6 +89,8 @@ class CachedSelfAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         query, key, value = self_attention_kv(attn, hidden_states, rotary_emb)  # (B, S, heads, d)
+        if self.layer in self.state.full_width:  # a pruned block: attend to (and cache) the whole chunk
+            key, value = self.state.full_width.pop(self.layer)  # (B, S_chunk, heads, d)
         cache = self.state.caches[self.layer]
         keys, values = cache.attend_with(key, value)  # (B, cached + S, heads, d)
         attended = dispatch_attention_fn(query, keys, values)  # (B, S, heads, d)
