@@ -43,7 +43,9 @@ Fps = Annotated[Optional[int], typer.Option(help="Frames per second of the MP4."
 Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16 (the VAE stays float32).")]
 Preset = Annotated[
-    Optional[str], typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b) or YAML path; flags override.")
+    Optional[str],
+    typer.Option(help="Preset name (tiny-wan, wan2.1-1.3b, wan2.1-14b; for --causal tiny-wan-causal, "
+                 "self-forcing-1.3b) or YAML path; flags override."),
 ]
 OutPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output MP4 path (a .json sidecar goes beside).")]
 OptionalPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (or --prompts FILE).")]
