@@ -28,6 +28,7 @@ def test_training_writes_a_causal_transformer_that_generates(tmp_path):
     with open(out / "train_log.csv") as handle:
         assert {row["stage"] for row in csv.DictReader(handle)} == {"causal64", "causal128"}
     assert json.loads((out / "train_summary.json").read_text())["args"]["chunk_frames"] == 1
+    assert "_name_or_path" not in (out / "config.json").read_text()  # no trace of the folder read from
     assert all(type(block.attn1.processor).__name__ == "WanAttnProcessor" for block in trained.blocks)
     pipe = load_causal_pipeline(None, causal_transformer=str(out))  # the embedded text encoder and VAE around it
     gen = GenerateConfig(prompt="a red circle moving left on a black background", frames=5, height=32, width=32,

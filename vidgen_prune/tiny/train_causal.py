@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import WanPipeline
+from diffusers import WanPipeline, WanTransformer3DModel
 
 from vidgen_prune.causal.attention import apply_causal, remove_causal
 from vidgen_prune.causal.mask import block_causal_frame_mask, token_mask
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     pipe = WanPipeline.from_pretrained(args.init_from).to(args.device)
+    # a fresh module with the same weights: the saved config must not record the folder it was read from
+    start = WanTransformer3DModel.from_config({k: v for k, v in pipe.transformer.config.items() if k[0] != "_"})
+    start.load_state_dict(pipe.transformer.state_dict())
+    pipe.register_modules(transformer=start.to(args.device))
     from vidgen_prune.tiny.prompts import training_specs
 
     captions = sorted({spec.caption for spec in training_specs()})
