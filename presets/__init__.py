@@ -8,9 +8,11 @@ from pathlib import Path
 
 import yaml
 
+from ..causal.config import CausalConfig
 from ..config import GenerateConfig, PruneConfig, check_field_types, config_keys
 
 EMBEDDED_PRESET = "tiny-wan"
+EMBEDDED_CAUSAL_PRESET = "tiny-wan-causal"
 # substrings of a model id or folder name (lower case) → its preset (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers,
 # hunyuanvideo-community/HunyuanVideo, THUDM/CogVideoX-5b, THUDM/CogVideoX1.5-5B)
 MODEL_PRESETS = {
@@ -19,7 +21,9 @@ MODEL_PRESETS = {
     "skyreels-v2-t2v-14b-540p": "skyreels-v2", "mochi-1": "mochi", "hunyuanvideo": "hunyuanvideo",
     "cogvideox-2b": "cogvideox-2b", "cogvideox-5b": "cogvideox-5b", "cogvideox1.5-5b": "cogvideox1.5-5b",
 }
-SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig}
+# the same for --causal: Self-Forcing is a causal Wan2.1-T2V-1.3B
+CAUSAL_MODEL_PRESETS = {"wan2.1-t2v-1.3b": "self-forcing-1.3b"}
+SECTIONS = {"generate": GenerateConfig, "prune": PruneConfig, "causal": CausalConfig}
 
 
 def preset_names() -> list[str]:
@@ -27,14 +31,15 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def default_preset(model: str | None) -> str | None:
+def default_preset(model: str | None, causal: bool = False) -> str | None:
     """The embedded model's preset, the preset a known model id names, or for a local folder of another name its
     family's (`ModelAdapter.preset`: LTX-Video's text length and frame rule differ from the generic defaults); None
-    for an unknown model."""
+    for an unknown model. `causal`: the presets of causal (chunk-by-chunk) generation."""
     if model is None:
-        return EMBEDDED_PRESET
-    named = next((preset for key, preset in MODEL_PRESETS.items() if key in model.lower()), None)
-    if named or not Path(model).expanduser().is_dir():
+        return EMBEDDED_CAUSAL_PRESET if causal else EMBEDDED_PRESET
+    presets = CAUSAL_MODEL_PRESETS if causal else MODEL_PRESETS
+    named = next((preset for key, preset in presets.items() if key in model.lower()), None)
+    if named or causal or not Path(model).expanduser().is_dir():
         return named
     return _family_preset(str(Path(model).expanduser().resolve()))
 

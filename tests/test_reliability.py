@@ -102,14 +102,12 @@ def test_an_mp4_that_does_not_decode_never_reaches_its_path(tmp_path, monkeypatc
     """ffmpeg exiting 0 over a truncated file (what imageio let through on a full disk) is caught by decoding it."""
     real_run = subprocess.run
 
-    def truncating_encoder(command, *args, **kwargs):
-        done = real_run(command, *args, **kwargs)
-        if "libx264" in command:
-            written = Path(command[-1])
-            written.write_bytes(written.read_bytes()[: written.stat().st_size // 2])
-        return done
+    def truncated_before_decoding(command, *args, **kwargs):  # the encoder exited 0, the file on disk is cut
+        written = Path(command[command.index("-i") + 1])
+        written.write_bytes(written.read_bytes()[: written.stat().st_size // 2])
+        return real_run(command, *args, **kwargs)
 
-    monkeypatch.setattr(outputs.subprocess, "run", truncating_encoder)
+    monkeypatch.setattr(outputs.subprocess, "run", truncated_before_decoding)
     frames = np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
     with pytest.raises(OutputError, match="does not decode"):
         outputs.write_video(frames, tmp_path / "clip.mp4", fps=8)

@@ -164,30 +164,70 @@ def write_video_with_sidecar(frames: np.ndarray, path: Path, fps: int, sidecar: 
 
 
 def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
-    """frames (F, H, W, 3) uint8 → H.264 (yuv420p) MP4 at `path`, then decoded back: OutputError unless ffmpeg
-    exited cleanly and the file holds F frames of H×W. (imageio's writer ignores ffmpeg's exit status: on a full
-    disk it left a truncated file behind "Error writing trailer: No space left on device".)"""
-    import imageio_ffmpeg
+    """frames (F, H, W, 3) uint8 → a verified H.264 MP4 at `path` (see `Mp4Encoder`)."""
+    with Mp4Encoder(path, fps) as encoder:
+        encoder.append(frames)
 
-    count, height, width, channels = frames.shape
-    if channels != 3 or frames.dtype != np.uint8 or height % 2 or width % 2:
-        raise ValueError(f"encode_mp4 takes (F, H, W, 3) uint8 frames with even H and W, got {frames.shape} "
-                         f"{frames.dtype}")
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    encoded = subprocess.run(
-        [ffmpeg, "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-         "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(H264_CRF),
-         "-f", "mp4", str(path)],
-        input=np.ascontiguousarray(frames).tobytes(), capture_output=True,
-    )
-    if encoded.returncode != 0:
-        raise OutputError(path, f"ffmpeg: {_ffmpeg_reason(encoded.stderr)}")
-    decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                             capture_output=True)
-    got = len(decoded.stdout) / (height * width * 3)
-    if decoded.returncode != 0 or decoded.stderr.strip() or got != count:
-        problem = _ffmpeg_reason(decoded.stderr) if decoded.stderr.strip() else f"{got:g} of {count} frames"
-        raise OutputError(path, f"the written MP4 does not decode ({problem})")
+
+class Mp4Encoder:
+    """H.264 (yuv420p) MP4 at `path`, fed frames as they come (a causal generation appends chunk by chunk); when the
+    block ends it is decoded back: OutputError unless ffmpeg exited cleanly and the file holds every frame given at
+    its size. (imageio's writer ignores ffmpeg's exit status: on a full disk it left a truncated file behind
+    "Error writing trailer: No space left on device".) Write it to a path `atomic_files` handed out."""
+
+    def __init__(self, path: Path, fps: int):
+        self.path, self.fps = Path(path), fps
+        self.count, self.size, self._process = 0, None, None
+
+    def append(self, frames: np.ndarray) -> None:
+        """frames (F, H, W, 3) uint8 with even H and W, the same size every time."""
+        count, height, width, channels = frames.shape
+        if channels != 3 or frames.dtype != np.uint8 or height % 2 or width % 2 or self.size not in (None, (height,
+                                                                                                           width)):
+            raise ValueError(f"an MP4 takes (F, H, W, 3) uint8 frames of one even H and W, got {frames.shape} "
+                             f"{frames.dtype}")
+        if self._process is None:
+            import imageio_ffmpeg
+
+            self.size = (height, width)
+            self._process = subprocess.Popen(
+                [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+                 f"{width}x{height}", "-r", str(self.fps), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                 "-crf", str(H264_CRF), "-f", "mp4", str(self.path)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:
+            self.finish()  # ffmpeg stopped: its own message says why
+        self.count += count
+
+    def finish(self) -> None:
+        if self._process is None:
+            raise OutputError(self.path, "no frames to write")
+        with suppress(BrokenPipeError):
+            self._process.stdin.close()
+        stderr = self._process.stderr.read()
+        if self._process.wait() != 0:
+            raise OutputError(self.path, f"ffmpeg: {_ffmpeg_reason(stderr)}")
+        height, width = self.size
+        ffmpeg = self._process.args[0]
+        decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(self.path), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                                  "-"], capture_output=True)
+        got = len(decoded.stdout) / (height * width * 3)
+        if decoded.returncode != 0 or decoded.stderr.strip() or got != self.count:
+            problem = _ffmpeg_reason(decoded.stderr) if decoded.stderr.strip() else f"{got:g} of {self.count} frames"
+            raise OutputError(self.path, f"the written MP4 does not decode ({problem})")
+
+    def __enter__(self) -> Mp4Encoder:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            self.finish()
+        elif self._process is not None:
+            self._process.kill()
+            self._process.wait()
 
 
 def _ffmpeg_reason(stderr: bytes) -> str:

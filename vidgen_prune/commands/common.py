@@ -75,8 +75,9 @@ ImagePath = Annotated[
 ]
 VaeTiling = Annotated[Optional[bool], typer.Option("--vae-tiling", help="Decode large frames tile by tile.")]
 Preset = Annotated[
-    Optional[str], typer.Option(help="Preset name (presets/*.yaml: wan2.1-1.3b, ltx-video, ...) or YAML path; flags "
-                                   "override; default: the model's own.")
+    Optional[str], typer.Option(help="Preset name (presets/*.yaml: wan2.1-1.3b, ltx-video, ...; for --causal "
+                                   "tiny-wan-causal, self-forcing-1.3b) or YAML path; flags override; default: the "
+                                   "model's own.")
 ]
 OutPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output MP4 path (a .json sidecar goes beside).")]
 OptionalPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (or --prompts FILE).")]
@@ -189,3 +190,18 @@ def print_json(data: dict) -> None:
     import json
 
     sys.stdout.write(json.dumps(data, default=str) + "\n")
+
+Causal = Annotated[
+    bool, typer.Option("--causal", help="Causal generation: chunk by chunk against a rolling KV cache, streamed to "
+                       "the MP4 (default model: the embedded causal one).")
+]
+ChunkFrames = Annotated[Optional[int], typer.Option(help="--causal: latent frames per chunk (Self-Forcing: 3).")]
+ChunkSteps = Annotated[Optional[int], typer.Option(help="--causal: denoising steps per chunk (Self-Forcing: 4).")]
+KvWindow = Annotated[
+    Optional[int], typer.Option(help="--causal: latent frames the KV cache keeps, sink frames included (default all).")
+]
+SinkFrames = Annotated[Optional[int], typer.Option(help="--causal: first latent frames the KV window never evicts.")]
+TransformerWeights = Annotated[
+    Optional[str], typer.Option(help="--causal: a Self-Forcing / CausVid transformer state dict with the original "
+                                "Wan key names (.pt or .safetensors), loaded into --model's transformer.")
+]

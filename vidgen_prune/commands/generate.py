@@ -11,6 +11,9 @@ from .common import (
     EXIT_RUNTIME,
     Alpha,
     AttentionBackend,
+    Causal,
+    ChunkFrames,
+    ChunkSteps,
     CompileBlocks,
     Device,
     Dtype,
@@ -21,6 +24,7 @@ from .common import (
     ImagePath,
     JsonOutput,
     Kernels,
+    KvWindow,
     Lora,
     Method,
     Model,
@@ -38,7 +42,9 @@ from .common import (
     Schedule,
     ScheduleDelta,
     Seed,
+    SinkFrames,
     Steps,
+    TransformerWeights,
     VaeTiling,
     Verbose,
     Width,
@@ -56,13 +62,14 @@ from .common import (
 COMMAND_PRUNE_DEFAULTS = {"method": "tape", "reduction": 0.3}
 
 
-def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | None):
+def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | None, causal: bool = False):
     """GenerateConfig and PruneConfig from dataclass defaults < the command's defaults < preset < flags (None = not
-    given); raises ValueError on bad input, including kernels that cannot run on the device."""
+    given); raises ValueError on bad input, including kernels that cannot run on the device. `causal`: the default
+    preset is the model's causal one."""
     from ..config import GenerateConfig, PruneConfig, check_kernels
     from ..presets import default_preset, load_preset, merged
 
-    preset_name = preset_name or default_preset(generate_flags.get("model"))
+    preset_name = preset_name or default_preset(generate_flags.get("model"), causal)
     preset = load_preset(preset_name) if preset_name else None
     gen = GenerateConfig(**merged("generate", preset, generate_flags))
     prune = PruneConfig(**merged("prune", preset, prune_flags, defaults=COMMAND_PRUNE_DEFAULTS))
@@ -71,6 +78,7 @@ def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | No
 
 
 def generate(
+    ctx: typer.Context,
     prompt: OptionalPrompt = None,
     method: Method = None,
     reduction: Reduction = None,
@@ -102,12 +110,19 @@ def generate(
     vae_tiling: VaeTiling = None,
     prompts: PromptsFile = None,
     out_dir: OutDir = None,
+    causal: Causal = False,
+    chunk_frames: ChunkFrames = None,
+    chunk_steps: ChunkSteps = None,
+    kv_window: KvWindow = None,
+    sink_frames: SinkFrames = None,
+    transformer_weights: TransformerWeights = None,
     json_output: JsonOutput = False,
     verbose: Verbose = False,
 ) -> None:
     """Generate a video with token pruning and report what it cost: latency, throughput, kept fraction.
 
-    With --prompts FILE: every prompt into --out-dir, resumable; under torchrun the ranks share the items."""
+    With --prompts FILE: every prompt into --out-dir, resumable; under torchrun the ranks share the items.
+    With --causal: chunk by chunk against a rolling KV cache, each chunk appended to the MP4 as it is decoded."""
     generate_flags = dict(
         prompt=prompt, negative_prompt=negative_prompt, model=model, steps=steps, frames=frames, height=height,
         width=width, guidance=guidance, seed=seed, fps=fps, device=device, dtype=dtype, out=out, image=image,
@@ -118,7 +133,17 @@ def generate(
         method=method, reduction=reduction, alpha=alpha, reselect_every=reselect_every, schedule=schedule,
         schedule_delta=schedule_delta, kernels=kernels, router=router, restore=restore,
     )
+    causal_flags = dict(chunk_frames=chunk_frames, chunk_steps=chunk_steps, kv_window=kv_window,
+                        sink_frames=sink_frames, transformer_weights=transformer_weights)
+    if causal:
+        from .generate_causal import generate_causal
+
+        generate_causal(ctx, generate_flags, prune_flags, causal_flags, preset, prompts, json_output, verbose)
+        return
     with bad_input():
+        given = [f"--{name.replace('_', '-')}" for name, value in causal_flags.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --causal")
         is_batch = _is_batch(prompt, prompts, out, out_dir)
     if is_batch:
         _generate_batch(prompts, out_dir, generate_flags, prune_flags, preset, json_output, verbose)

@@ -10,6 +10,8 @@ from pathlib import Path
 from vidgen_prune.presets import EMBEDDED_PRESET, load_preset
 
 EMBEDDED_MODEL_DIR: Path = Path(__file__).resolve().parent / "weights"
+# the causal variant's transformer alone (vidgen_prune.tiny.train_causal); text encoder and VAE are the model's above
+EMBEDDED_CAUSAL_DIR: Path = Path(__file__).resolve().parent / "causal"
 
 # What the embedded model was trained for, read from its preset (the one place these numbers live): 17 frames at
 # 128x128 -> latent 5x32x32 -> 1280 video tokens per transformer forward with patch (1, 2, 2).

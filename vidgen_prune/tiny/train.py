@@ -245,15 +245,7 @@ def train_transformer(pipe, specs, latents: torch.Tensor, on_object: torch.Tenso
             velocity = transformer(noisy, sigma * 1000.0, text, return_dict=False)[0]  # (B, z, F', h, w)
             cells = on_object[pick].unsqueeze(1).to(args.device)  # (B, 1, F', h, w)
             loss = _object_weighted_mean((velocity - (noise - x0)).pow(2), cells, args.object_weight)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-            optimiser.step()
-            # short EMA warm-up: early weights are noise, so the decay ramps up to args.ema
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for ema_param, param in zip(ema.parameters(), transformer.parameters()):
-                    ema_param.lerp_(param, 1.0 - decay)
+            _optimise_with_ema(transformer, ema, optimiser, loss, step, args.ema)
             recent = (recent + [loss.item()])[-100:]
             if step % 10 == 0 or step == args.steps - 1:
                 log.write(_log_row("transformer", step, float(np.mean(recent)), lr, start))
@@ -265,6 +257,19 @@ def train_transformer(pipe, specs, latents: torch.Tensor, on_object: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+
+def _optimise_with_ema(transformer, ema, optimiser, loss: torch.Tensor, step: int, ema_decay: float) -> None:
+    """One optimiser step on ``loss`` (gradients clipped to norm 1), then ``ema`` follows ``transformer``; a short
+    EMA warm-up: early weights are noise, so the decay ramps up to ``ema_decay``."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+    optimiser.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_param, param in zip(ema.parameters(), transformer.parameters()):
+            ema_param.lerp_(param, 1.0 - decay)
+
 
 class _CsvLog:
     """Appends and flushes each row, so progress can be followed (and survives a crash) while training runs."""
