@@ -6,10 +6,10 @@ order they must go: LoRA (it adds modules the blocks then run), attention backen
 blocks as they will run), and last the offload or the move to the device.
 
 How each composes with the pruning hooks (which wrap every block and score tokens from the block's own weights):
-- offload `group` is diffusers' leaf-level group offloading: hooks on the leaf modules onload each one as it runs,
-  and the parameters that belong to no leaf (a block's modulation table) are onloaded with the transformer, so the
-  scoring pass and the pruned block find every weight on the device. Block-level group offloading would hook the
-  very blocks vidprune wraps, with vidprune outside: `apply` refuses a pipeline set up that way.
+- offload `group` is diffusers' block-level group offloading (one block a group, the next one prefetched on a CUDA
+  stream): its hook onloads a block's weights when the block is called. vidprune's block hooks always go inside a
+  block's existing hooks (`pruning.hooks.register_innermost`), so the scoring pass, which reads the block's
+  weights before it runs, finds them on the device, whichever was applied first.
 - offload `model` (whole components moved to the GPU when they run) composes: the pruned blocks run inside the
   transformer's forward. It needs an accelerator, like `sequential`.
 - offload `sequential` keeps each module's weights off the device outside its own forward; the scoring pass reads
@@ -123,8 +123,8 @@ def setup_pipeline(pipe, gen, denoisers: list) -> None:
     elif gen.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     elif gen.offload == "group":
-        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-                                  use_stream=device.type == "cuda")
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                                  num_blocks_per_group=1, use_stream=device.type == "cuda")
     else:
         pipe.to(device)
 

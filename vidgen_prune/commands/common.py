@@ -58,8 +58,8 @@ Dtype = Annotated[
 ]
 Offload = Annotated[
     Optional[str],
-    typer.Option(help="diffusers CPU offload: model (components move to the GPU as they run), group (leaf-level "
-                      "group offloading, streamed) or sequential (dense only)."),
+    typer.Option(help="diffusers CPU offload: model (components move to the GPU as they run), group (one block at a "
+                      "time, the next prefetched) or sequential (dense only)."),
 ]
 AttentionBackend = Annotated[
     Optional[str], typer.Option(help="diffusers attention backend of the blocks: native, flash, _flash_3, sage, ...")

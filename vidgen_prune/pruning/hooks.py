@@ -32,7 +32,6 @@ from .scores import ScoreProbe
 TRANSFORMER_HOOK = "vidprune_forward"
 TIMER_HOOK = "vidprune_timer"
 BLOCK_HOOK = "vidprune_block"
-GROUP_OFFLOAD = "group_offloading"  # diffusers' group-offloading hook (hooks/group_offloading.py)
 
 
 @dataclass
@@ -234,21 +233,30 @@ def apply_pruner(
     if len(depths) > 1:
         raise ValueError(f"the denoisers have different depths {sorted(depths)}: one budget cannot span them")
     pruner.check_budget(depths.pop())
-    for transformer in denoisers:
-        for block in adapter.blocks(transformer):
-            if getattr(block, "_diffusers_hook", None) is not None and block._diffusers_hook.get_hook(GROUP_OFFLOAD):
-                raise ValueError("block-level group offloading hooks the blocks vidprune prunes (and would run inside "
-                                 "it, after the scoring pass reads their weights): use offload_type='leaf_level'")
     backend = resolve_backend(kernels, next(denoisers[0].parameters()).device)
     controller = PruneController(denoisers, pruner, adapter, backend, max_queries, check_kernels=kernels == "auto")
     for index, transformer in enumerate(denoisers):
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(_TransformerHook(controller, index), TRANSFORMER_HOOK)
         for layer, block in enumerate(adapter.blocks(transformer)):
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockHook(controller, layer), BLOCK_HOOK)
+            register_innermost(HookRegistry.check_if_exists_or_initialize(block), _BlockHook(controller, layer),
+                               BLOCK_HOOK)
         registry.invalidate_child_registries_cache()
         transformer._vidprune_controller = controller
     return controller
+
+
+def register_innermost(registry: HookRegistry, hook: ModelHook, name: str) -> None:
+    """Register `hook` inside the hooks a module already has, which are taken off and put back around it in their
+    order. A block's other hooks must run first: group offloading's onloads the block's own weights (its
+    modulation table), which the scoring pass reads before the block runs; a cache decides whether the block runs
+    at all and must see whole sequences."""
+    outer = [(other, registry.hooks[other]) for other in list(registry._hook_order)]
+    for other, _ in reversed(outer):
+        registry.remove_hook(other, recurse=False)
+    registry.register_hook(hook, name)
+    for other, other_hook in outer:
+        registry.register_hook(other_hook, other)
 
 
 def start_timer(controller: PruneController) -> None:
