@@ -175,16 +175,17 @@ def check_fits(meta: dict, transformer: nn.Module, source: str) -> None:
 
 
 def save_router(net: RouterNet, folder: Path, meta: dict) -> None:
-    """Write weights and YAML under temporary names, then rename each into place."""
+    """Write the weights and the YAML as one group: both reach the folder complete, or neither (outputs.atomic_files;
+    the YAML goes last, as it names what the weights are)."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-    partial_weights, partial_config = folder / f".{WEIGHTS_FILE}.partial", folder / f".{CONFIG_FILE}.partial"
-    save_file({name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}, partial_weights)
-    partial_config.write_text(yaml.safe_dump({"format": FORMAT, "router": net.spec, **meta}, sort_keys=False))
-    partial_weights.replace(weights)
-    partial_config.replace(config)
+    from ..outputs import atomic_files, writing
+
+    with atomic_files(folder / WEIGHTS_FILE, folder / CONFIG_FILE) as (weights, config):
+        with writing(weights):
+            save_file({name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}, weights)
+        with writing(config):
+            config.write_text(yaml.safe_dump({"format": FORMAT, "router": net.spec, **meta}, sort_keys=False))
 
 
 def read_router_meta(folder: Path) -> dict:
