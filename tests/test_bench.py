@@ -192,3 +192,16 @@ def test_the_meta_device_gives_the_flop_bound_of_a_real_run(tmp_path, monkeypatc
         assert shapes["transformer_s"] is None and real["transformer_s"] > 0
     with pytest.raises(ValueError, match="--device meta .* needs --profile"):
         make_spec(None, dict(methods=["dense"]), dict(device="meta"), {}, None)
+
+
+def test_a_cache_that_fails_to_apply_leaves_nothing_on_the_model(tiny_pipe, monkeypatch):
+    from vidgen_prune.pruning.caches import TIMESTEP_HOOK, apply_cache
+
+    def broken_marker(self, module):
+        raise TypeError("no marker here")
+
+    monkeypatch.setattr(WanAdapter, "compute_marker", broken_marker)
+    with pytest.raises(TypeError):
+        apply_cache([tiny_pipe.transformer], PruneConfig(cache="fbcache"))
+    assert not tiny_pipe.transformer.is_cache_enabled
+    assert tiny_pipe.transformer._diffusers_hook.get_hook(TIMESTEP_HOOK) is None

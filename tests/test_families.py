@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from vidgen_prune.cli import app
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate, load_pipeline
-from vidgen_prune.models import describe_pipeline
+from vidgen_prune.models import denoisers, describe_pipeline
+from vidgen_prune.pruning import check_pruner
 
 PROMPT = "a red circle moving left on a blue background"
 STEPS = 2
@@ -360,3 +361,20 @@ def test_the_meta_device_gives_the_flop_bound_of_a_real_run(name, tmp_path, monk
     for real, shapes in zip(records["cpu"], records["meta"]):
         assert shapes["kept_fraction"] == real["kept_fraction"] and shapes["tflops"] == pytest.approx(real["tflops"])
         assert real["flop_bound_speedup"] >= 1.0 and shapes["transformer_s"] is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cache", ["fbcache", "taylorseer"])
+def test_diffusers_caches_compose_with_pruning_and_report_what_they_reused(family, cache):
+    """A cache outside the pruner on every family: its hooked modules are found (the adapter's compute marker), it
+    reuses some of their calls, and it comes off the model afterwards."""
+    name, folder, pipe, gen = family
+    config = PruneConfig(method="tape", reduction=0.3, reselect_every=3, cache=cache, fbcache_threshold=0.5,
+                         taylorseer_interval=2)
+    if cache == "fbcache" and name.startswith("skyreels"):  # diffusers' FirstBlockCache has no SkyReels-V2 block
+        with pytest.raises(ValueError, match="does not know SkyReelsV2TransformerBlock blocks"):
+            check_pruner(config, pipe.transformer)
+        return
+    result = generate(pipe, replace(gen, steps=4), config)
+    assert result.cache_compute_fraction is not None and 0.0 < result.cache_compute_fraction < 1.0
+    assert not any(transformer.is_cache_enabled for transformer in denoisers(pipe))

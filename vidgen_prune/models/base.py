@@ -249,11 +249,13 @@ class ModelAdapter:
         """A child of `module` (a block or an attention module a diffusers cache hooks) that runs only when the
         module really computes, so a cache's reuse can be counted; None: not counted there (a bare projection such as
         TaylorSeer's proj_out, whose skips show through the blocks)."""
-        if hasattr(module, "ffn"):
-            return module.ffn
-        if getattr(module, "to_out", None) is not None:
-            return module.to_out[0]
-        return None
+        for name in ("ffn", "ff"):  # a block's feed-forward (Wan: ffn; LTX-Video, Mochi: ff)
+            if isinstance(getattr(module, name, None), torch.nn.Module):
+                return getattr(module, name)
+        to_out = getattr(module, "to_out", None)  # an attention's output projection: a list (Linear, Dropout) or one
+        if isinstance(to_out, (torch.nn.ModuleList, torch.nn.Sequential)):
+            return to_out[0]
+        return to_out if isinstance(to_out, torch.nn.Module) else None
 
     # ----------------------------------------------------------------------------------------------- pipeline
 

@@ -37,11 +37,14 @@ def check_method(method: str, adapter) -> None:
 
 def check_pruner(config, transformer) -> None:
     """Refuse (ValueError), before any compute, a method that cannot run on `transformer`: one its family does not
-    offer, a budget out of reach, or learned weights (a router) made for another model."""
+    offer, a diffusers cache that does not know its blocks, a budget out of reach, or learned weights (a router) made
+    for another model."""
     from ..models import adapter_for
+    from .caches import check_cache
 
     adapter = adapter_for(transformer)
     check_method(config.method, adapter)
+    check_cache(config, adapter.blocks(transformer))
     pruner = make_pruner(config)
     pruner.check_budget(len(adapter.blocks(transformer)))
     pruner.check_model(transformer)

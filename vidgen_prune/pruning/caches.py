@@ -52,16 +52,22 @@ class CacheMonitor:
                 return args, kwargs
 
         self._handles = []
-        for transformer in transformers:
-            HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_TimestepProbe(), TIMESTEP_HOOK)
-            transformer.enable_cache(diffusers_config)
-            for module in transformer.modules():
-                hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
-                marker = adapter.compute_marker(module)
-                if marker is None or not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
-                    continue
-                self._handles.append(module.register_forward_pre_hook(self._count_call))
-                self._handles.append(marker.register_forward_pre_hook(self._compute_counter(module)))
+        try:
+            for transformer in transformers:
+                HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_TimestepProbe(), TIMESTEP_HOOK)
+                transformer.enable_cache(diffusers_config)
+                for module in transformer.modules():
+                    hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
+                    if not any(name in hooks for name in DIFFUSERS_CACHE_HOOKS):
+                        continue
+                    marker = adapter.compute_marker(module)
+                    if marker is None:
+                        continue
+                    self._handles.append(module.register_forward_pre_hook(self._count_call))
+                    self._handles.append(marker.register_forward_pre_hook(self._compute_counter(module)))
+        except BaseException:
+            self.remove()  # a half-applied cache must not stay on the model
+            raise
 
     def _count_call(self, module, args):
         self.calls += 1
@@ -89,8 +95,24 @@ class CacheMonitor:
         for handle in self._handles:
             handle.remove()
         for transformer in self.transformers:
-            transformer.disable_cache()
+            if transformer.is_cache_enabled:
+                transformer.disable_cache()
             HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(TIMESTEP_HOOK, recurse=False)
+
+
+def check_cache(config, blocks: list) -> None:
+    """ValueError when `config.cache` cannot hook these blocks: FirstBlockCache reads each block class's return
+    layout from diffusers' own registry, which not every family is in (SkyReels-V2's blocks are not)."""
+    if config.cache != "fbcache":
+        return
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    for block_class in {type(block) for block in blocks}:
+        try:
+            TransformerBlockRegistry.get(block_class)
+        except ValueError:
+            raise ValueError(f"--cache fbcache: diffusers' FirstBlockCache does not know {block_class.__name__} "
+                             "blocks; use taylorseer") from None
 
 
 def apply_cache(transformers: list, config) -> CacheMonitor:
