@@ -231,6 +231,12 @@ class ModelAdapter:
         (all when None); the queries are those at `query_index` (B, Sq) into that subset (all when None)."""
         raise NotImplementedError
 
+    def self_attention_input(self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None = None):
+        """(normed, rotary): the video tokens at `positions` (B, K) (all when None) as the block's self-attention
+        receives them (its input norm and modulation applied, (B, K, D)) and its rotary tables at those tokens; what
+        code that needs a block's keys and values outside its forward (a causal KV cache) projects."""
+        raise NotImplementedError
+
     def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:
         """Analytic FLOPs of block `layer` computing `kept` of `tokens` video tokens (see metrics.flops)."""
         raise NotImplementedError

@@ -93,13 +93,7 @@ class WanAdapter(ModelAdapter):
     def query_key(
         self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["rotary_emb"])
-        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
-        if temb.dim() == 4:
-            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float())[:, :, :2].unbind(2)  # (B, K, D)
-        else:
-            shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
-        normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, K, D)
+        normed, (cos, sin) = self.self_attention_input(block, call, positions)  # (B, K, D)
         attn = block.attn1
         query_tokens, cos_q, sin_q = rows_at(query_index, normed, cos, sin)  # (B, Sq, D), rotary at the queries
         if getattr(attn, "fused_projections", False):  # fused qkv weights: split the projection instead
@@ -112,6 +106,16 @@ class WanAdapter(ModelAdapter):
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))  # (B, K, heads, d)
         query, key = apply_rotary_pairs(query, cos_q, sin_q), apply_rotary_pairs(key, cos, sin)
         return query.transpose(1, 2), key.transpose(1, 2)  # (B, heads, Sq, d), (B, heads, K, d)
+
+    def self_attention_input(self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None = None):
+        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["rotary_emb"])
+        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
+        if temb.dim() == 4:
+            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float())[:, :, :2].unbind(2)  # (B, K, D)
+        else:
+            shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
+        normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, K, D)
+        return normed, (cos, sin)
 
     def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:
         config = transformer.config
