@@ -33,6 +33,7 @@ class ChunkPruning:
         self.controller, self.state = controller, state
         transformer = controller.denoisers[0]
         self.width = controller.adapter.hidden_width(transformer)
+        self.block_calls = 0  # block forwards observed (every block of every call: no cache skips one here)
         controller.block_observers.append(self.observe)
 
     def on_call(self, call) -> None:
@@ -41,6 +42,7 @@ class ChunkPruning:
         self.controller.set_step(call.step, schedule)
 
     def observe(self, layer: int, block, call, plan) -> None:
+        self.block_calls += 1
         tokens = call.hidden_states.shape[1]
         kept = tokens if plan is None else plan.kept
         cached = len(self.state.caches[layer])  # keys per sample, before this call writes

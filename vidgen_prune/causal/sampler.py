@@ -62,6 +62,8 @@ class CausalResult:
     masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions (B, K)) when recorded
     grid: TokenGrid | None = None  # the token grid of a full chunk
     kernels: dict = field(default_factory=dict)  # which skip path ran (PruneController.kernel_report)
+    block_calls: int = 0  # block forwards that ran (all of them: no diffusers cache composes with causal generation)
+    cache_compute_fraction: float | None = None  # (no diffusers cache)
 
     @property
     def tokens_per_forward(self) -> int:
@@ -99,9 +101,14 @@ def chunk_timesteps(pipe, causal: CausalConfig, device) -> tuple[object | None, 
         scheduler = copy.deepcopy(pipe.scheduler)
         scheduler.set_timesteps(causal.chunk_steps, device=device)
         return scheduler, [float(t) for t in scheduler.timesteps]
-    uniform = 1.0 - np.arange(causal.chunk_steps) / causal.chunk_steps  # Self-Forcing: 1000, 750, 500, 250
+    return None, renoise_timesteps(causal)
+
+
+def renoise_timesteps(causal: CausalConfig) -> list[float]:
+    """Self-Forcing's few-step timesteps: 1000·(1 − j/T) warped by the shift (4 steps, shift 5: 1000, 938, 833, 625)."""
+    uniform = 1.0 - np.arange(causal.chunk_steps) / causal.chunk_steps  # 1000, 750, 500, 250 before the shift
     shift = causal.renoise_shift
-    return None, (1000.0 * shift * uniform / (1.0 + (shift - 1.0) * uniform)).tolist()
+    return (1000.0 * shift * uniform / (1.0 + (shift - 1.0) * uniform)).tolist()
 
 
 @torch.no_grad()
@@ -199,7 +206,7 @@ def generate_causal(
         peak_memory_mb=_peak_memory_mb(device), calls=calls, kept_fraction=log.kept_fraction, flops=log.flops,
         dense_flops=log.dense_flops, masks=log.masks,
         grid=TokenGrid(max(len(frames) for frames in chunks), latent_height // p_h, latent_width // p_w),
-        kernels=controller.kernel_report())
+        kernels=controller.kernel_report(), block_calls=pruning.block_calls)
 
 
 class _Clock:

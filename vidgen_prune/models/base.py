@@ -154,6 +154,8 @@ class Profile:
     latent: tuple[int, int, int]  # latent frames, height, width of the model card's default video
     text_tokens: int  # text positions per prompt of the pipeline's default
     pipeline_class: str = ""  # the pipeline the profile stands for, when the family has several
+    # generated chunk by chunk against a KV cache (Self-Forcing); its chunking is the preset of the profile's name
+    causal: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _WAN21_COMMON = dict(
     patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )
+_WAN_1_3B = dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30)
 _WAN_14B = dict(_WAN21_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 WAN21_LATENT = (21, 60, 104)  # 81 frames at 480×832 through Wan2.1's VAE (4× time, 8× space)
 WAN22_A14B_LATENT = (21, 90, 160)  # 81 frames at 720×1280 (the A14B card's default), Wan2.1's VAE
@@ -64,8 +65,10 @@ class WanAdapter(ModelAdapter):
     denoiser_names = ("transformer", "transformer_2")
     blocks_attribute, block_layout = "blocks", WAN_LAYOUT
     profiles = {
-        "wan2.1-1.3b": Profile(dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
-                               WAN21_LATENT, 512),
+        "wan2.1-1.3b": Profile(_WAN_1_3B, WAN21_LATENT, 512),
+        # Self-Forcing: a causal Wan2.1-T2V-1.3B, 21 latent frames in 7 chunks of 3 × 1,560 tokens, 4 steps per chunk
+        # (presets/self-forcing-1.3b.yaml), every earlier chunk cached (18 frames before the last chunk)
+        "self-forcing-1.3b": Profile(_WAN_1_3B, WAN21_LATENT, 512, "WanPipeline", causal=True),
         "wan2.1-14b": Profile(_WAN_14B, WAN21_LATENT, 512),
         # Wan2.2-T2V-A14B: two experts of Wan2.1-14B's shape (the bound of one is the bound of both)
         "wan2.2-a14b": Profile(_WAN_14B, WAN22_A14B_LATENT, 512, "WanPipeline"),
