@@ -249,3 +249,20 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(tiny_model_dir, s
     expected = {"unknown": "1 unknown keys (blocks.0.self_attn.extra.weight)",
                 "missing": "1 missing parameters (blocks.1.ffn.net.2.bias)", "shape": "1 shape mismatches"}[damage]
     assert_refused(result, out, expected)
+
+
+def test_visualize_masks_causal_draws_each_chunks_mask_over_its_frames(tiny_model_dir, tmp_path):
+    png = tmp_path / "masks.png"
+    args = ["visualize-masks", "--causal", "--model", str(tiny_model_dir), "--prompt", "a red circle", *SMALL,
+            "--method", "tape", "--compare", "evit", "--reduction", "0.3", "--layer", "2", "--json", "--out", str(png)]
+    result = runner.invoke(app, [*args, "--step", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [view["method"] for view in report["methods"]] == ["tape", "evit"]
+    for view in report["methods"]:
+        assert view["kept_fraction"] == pytest.approx(0.7, abs=0.02) and 0 < view["skipped_fraction"] < 1
+        assert 0 <= view["adjacent_frame_iou"] <= 1  # latent frames 0-1 and 1-2: masks of different chunks
+    assert png.read_bytes()[:4] == b"\x89PNG" and len(list(iio.imiter(png.with_suffix(".mp4")))) == 9
+    refused = runner.invoke(app, [*args[:-1], str(tmp_path / "other.png"), "--step", "2"])
+    assert refused.exit_code == 2 and "--step must be in [0, 2) for --chunk-steps 2" in refused.output
+    assert not (tmp_path / "other.png").exists()

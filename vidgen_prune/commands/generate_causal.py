@@ -79,7 +79,7 @@ def generate_causal(generate_flags: dict, prune_flags: dict, causal_flags: dict,
 
     with runtime_failure(verbose):
         pipe = load(gen)
-    _check_loaded(pipe, prune)
+    check_loaded(pipe, prune)
     warn_unknown_words(pipe, {"prompt": gen.prompt, "negative prompt": gen.negative_prompt})
     with runtime_failure(verbose):
         from ..causal.video import write_causal_video
@@ -112,7 +112,7 @@ def generate_causal(generate_flags: dict, prune_flags: dict, causal_flags: dict,
     ))
 
 
-def _check_loaded(pipe, prune) -> None:
+def check_loaded(pipe, prune) -> None:
     """What only the loaded transformer can tell (a router trained for another model): exit 2."""
     with bad_input():
         from ..pruning import check_pruner
