@@ -28,7 +28,7 @@ def run(*args):
 def test_causal_generate_streams_an_mp4_and_records_the_chunks(tiny_model_dir, tmp_path):
     out = tmp_path / "clip.mp4"
     result = run("--prompt", "a red circle moving left", "--model", tiny_model_dir, *SMALL, "--kv-window", "2",
-                 "--sink-frames", "1", "--out", out, "--json")
+                 "--sink-frames", "1", "--method", "dense", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     frames = list(iio.imiter(out))
     assert len(frames) == 9 and frames[0].shape == (32, 32, 3)
@@ -52,8 +52,10 @@ def test_causal_generate_streams_an_mp4_and_records_the_chunks(tiny_model_dir, t
         (["--sink-frames", "-1"], "--sink-frames must be at least 0"),
         (["--kv-window", "1", "--sink-frames", "1"], "--kv-window must hold the sink frames plus one chunk"),
         (["--steps", "4"], "give --chunk-steps instead of --steps"),
-        (["--method", "tape"], "pruning inside causal chunks is not available yet"),
-        (["--reduction", "0.2"], "pruning inside causal chunks is not available yet"),
+        (["--method", "tape", "--reduction", "0.85"], "tape: reduction 0.85 (peak 0.95) cannot be reached"),
+        (["--method", "router"], "was trained for a 8-block model"),
+        (["--vae-tiling"], "--causal does not take --vae-tiling"),
+        (["--compile"], "--causal does not take --compile"),
         (["--transformer-weights", "/no/such/file.pt"], "--transformer-weights file not found"),
     ],
 )
@@ -67,6 +69,58 @@ def test_bad_causal_input_is_one_line_exit_2_before_loading(tiny_model_dir, tmp_
     out = tmp_path / "clip.mp4"
     assert_refused(run("--prompt", "a red circle", "--model", tiny_model_dir, *SMALL, "--out", out, *flags), out,
                    fragment)
+
+
+def test_causal_generate_prunes_inside_the_chunks(tiny_model_dir, tmp_path):
+    out = tmp_path / "clip.mp4"
+    result = run("--prompt", "a red circle moving left", "--model", tiny_model_dir, *SMALL, "--method", "tape",
+                 "--reduction", "0.3", "--reselect-every", "3", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["prune"]["method"] == "tape" and meta["achieved_kept_fraction"] == pytest.approx(0.7, abs=0.02)
+    assert json.loads(result.stdout)["kept_fraction"] == meta["achieved_kept_fraction"]
+    assert len(list(iio.imiter(out))) == 9
+
+
+def test_a_model_causal_generation_cannot_run_is_refused_before_loading(tmp_path, monkeypatch):
+    from dummies import wan_two_experts
+
+    import vidgen_prune.engine
+
+    folder = tmp_path / "a14b"
+    wan_two_experts().save_pretrained(folder)
+    monkeypatch.setattr(vidgen_prune.engine, "load_pipeline", lambda *a, **k: pytest.fail("loaded for bad input"))
+    out = tmp_path / "clip.mp4"
+    assert_refused(run("--prompt", "x", "--model", folder, *SMALL, "--method", "dense", "--out", out), out,
+                   "--causal runs one Wan2.1-style text-to-video transformer")
+
+
+def test_causal_batch_mode_writes_every_item_and_resumes(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle moving left", "seed": 3}\n'
+                       '{"prompt": "a blue square moving up", "overrides": {"method": "evit", "reduction": 0.2}}\n')
+    out_dir = tmp_path / "out"
+    args = ["--prompts", prompts, "--out-dir", out_dir, "--model", tiny_model_dir, *SMALL, "--reselect-every", "3"]
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["generated"] == ["0000-a-red-circle-moving-left", "0001-a-blue-square-moving-up"]
+    first = json.loads((out_dir / "0000-a-red-circle-moving-left.json").read_text())
+    second = json.loads((out_dir / "0001-a-blue-square-moving-up.json").read_text())
+    assert first["seed"] == 3 and first["prune"]["method"] == "tape" and first["causal"]["chunks"] == 3
+    assert second["prune"]["method"] == "evit" and second["achieved_kept_fraction"] == pytest.approx(0.8, abs=0.03)
+    assert len(list(iio.imiter(out_dir / "0001-a-blue-square-moving-up.mp4"))) == 9
+    again = run(*args, "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["finished_before"] == 2
+    changed = run(*args[:-2], "--chunk-steps", "3", "--reselect-every", "3")  # another causal setting: not resumed
+    assert changed.exit_code == 2 and "made with another prompt or settings" in changed.output
+
+
+def test_a_batch_line_that_sets_steps_is_refused_with_its_line(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle"}\n{"prompt": "a red circle", "overrides": {"steps": 3}}\n')
+    result = run("--prompts", prompts, "--out-dir", tmp_path / "out", "--model", tiny_model_dir, *SMALL)
+    assert result.exit_code == 2 and "line 2: --causal denoises each chunk separately" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_causal_flags_without_causal_are_refused(tiny_model_dir, tmp_path):
@@ -195,3 +249,20 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(tiny_model_dir, s
     expected = {"unknown": "1 unknown keys (blocks.0.self_attn.extra.weight)",
                 "missing": "1 missing parameters (blocks.1.ffn.net.2.bias)", "shape": "1 shape mismatches"}[damage]
     assert_refused(result, out, expected)
+
+
+def test_visualize_masks_causal_draws_each_chunks_mask_over_its_frames(tiny_model_dir, tmp_path):
+    png = tmp_path / "masks.png"
+    args = ["visualize-masks", "--causal", "--model", str(tiny_model_dir), "--prompt", "a red circle", *SMALL,
+            "--method", "tape", "--compare", "evit", "--reduction", "0.3", "--layer", "2", "--json", "--out", str(png)]
+    result = runner.invoke(app, [*args, "--step", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [view["method"] for view in report["methods"]] == ["tape", "evit"]
+    for view in report["methods"]:
+        assert view["kept_fraction"] == pytest.approx(0.7, abs=0.02) and 0 < view["skipped_fraction"] < 1
+        assert 0 <= view["adjacent_frame_iou"] <= 1  # latent frames 0-1 and 1-2: masks of different chunks
+    assert png.read_bytes()[:4] == b"\x89PNG" and len(list(iio.imiter(png.with_suffix(".mp4")))) == 9
+    refused = runner.invoke(app, [*args[:-1], str(tmp_path / "other.png"), "--step", "2"])
+    assert refused.exit_code == 2 and "--step must be in [0, 2) for --chunk-steps 2" in refused.output
+    assert not (tmp_path / "other.png").exists()

@@ -49,6 +49,7 @@ class BatchItem:
     gen: GenerateConfig
     prune: PruneConfig
     preset: str | None
+    causal: object | None = None  # a causal.config.CausalConfig: generated chunk by chunk (--causal)
 
     @property
     def name(self) -> str:
@@ -59,6 +60,8 @@ class BatchItem:
     def key(self) -> str:
         """Fingerprint of everything that determines the video: a changed line is not the finished item."""
         settings = {k: v for k, v in asdict(self.gen).items() if k not in UNKEYED_SETTINGS} | asdict(self.prune)
+        if self.causal is not None:  # the key of a bidirectional item stays what it was before causal items existed
+            settings["causal"] = asdict(self.causal)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -458,14 +461,10 @@ def run_batch(
 
 
 def _generate_item(pipe, item: BatchItem, out_dir: Path, world: World) -> dict:
-    from .engine import generate, sidecar
-    from .outputs import write_video_with_sidecar
-
-    result = generate(pipe, item.gen, item.prune)
     video = out_dir / f"{item.name}.mp4"
     batch_fields = {"index": item.index, "line": item.line, "name": item.name, "key": item.key}
-    meta = sidecar(item.gen, item.prune, result, item.preset) | {"batch": batch_fields}
-    write_video_with_sidecar(result.frames, video, item.gen.fps, meta)
+    write = _write_whole if item.causal is None else _write_causal
+    result = write(pipe, item, video, {"batch": batch_fields})
     return batch_fields | {
         "video": video.name,
         "sidecar": video.with_suffix(".json").name,
@@ -480,3 +479,21 @@ def _generate_item(pipe, item: BatchItem, out_dir: Path, world: World) -> dict:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": os.uname().nodename,
     }
+
+
+def _write_whole(pipe, item: BatchItem, video: Path, extra: dict):
+    """One pipeline call, then the MP4 and its sidecar; returns the GenerationResult."""
+    from .engine import generate, sidecar
+    from .outputs import write_video_with_sidecar
+
+    result = generate(pipe, item.gen, item.prune)
+    write_video_with_sidecar(result.frames, video, item.gen.fps, sidecar(item.gen, item.prune, result, item.preset)
+                             | extra)
+    return result
+
+
+def _write_causal(pipe, item: BatchItem, video: Path, extra: dict):
+    """Chunk by chunk, streamed into the MP4 (`causal.video`); returns the CausalResult."""
+    from .causal.video import write_causal_video
+
+    return write_causal_video(pipe, item.gen, item.prune, item.causal, video, item.preset, extra)[0]

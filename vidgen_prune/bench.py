@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from .causal.config import CausalConfig
 from .compose import compile_blocks
 from .config import GenerateConfig, PruneConfig, check_seed
 from .models import profiles
@@ -39,7 +40,7 @@ QUALITY_METRICS = ("fidelity", "masks", "adherence")
 PROFILE_STEPS = 10  # forwards per profiled sequence unless --steps: 5 HighLow levels of 2 steps
 SPEC_KEYS = (
     "methods", "reductions", "prompts", "held_out", "seeds", "warmup", "repeats", "metrics", "profile",
-    "profile_latent", "compile", "e2e", "generate", "prune",
+    "profile_latent", "compile", "e2e", "router", "generate", "prune",
 )
 
 
@@ -95,6 +96,8 @@ class BenchSpec:
     profile_latent: tuple[int, int, int] | None = None  # None: the profile's own (its model card's default video)
     compile: bool = False  # torch.compile each transformer block's own forward (regional)
     e2e: bool = False  # profile: add a real-size random-weight VAE decode
+    causal: CausalConfig | None = None  # chunk by chunk against a KV cache (--causal; a causal profile's own)
+    router: str | None = None  # the router folder of the `router` entries; None: the model's shipped one
 
     def __post_init__(self):
         entries = [MethodEntry.parse(method) for method in self.methods]
@@ -123,6 +126,9 @@ class BenchSpec:
         for entry in entries:  # each method's own settings check (e.g. pab cannot compose with a pruner)
             for reduction in self.reductions if entry.spends_budget else (0.0,):
                 self.prune_config(entry, reduction)
+        self._check_causal(entries)
+        if self.router is not None and not any(entry.pruner == "router" for entry in entries):
+            raise ValueError("--router is the folder of the router method: add router to --methods")
         if self.profile is None:
             if self.gen.device == "meta":
                 raise ValueError("--device meta (the FLOP bound without weights) needs --profile")
@@ -144,6 +150,19 @@ class BenchSpec:
         if self.profile_latent is not None and (len(self.profile_latent) != 3 or min(self.profile_latent) < 1):
             raise ValueError(f"--profile-latent is F,H,W (three positive integers), got {self.profile_latent}")
 
+    def _check_causal(self, entries: list[MethodEntry]) -> None:
+        causal_profile = self.profile is not None and self.profile in profiles() and profiles()[self.profile][1].causal
+        if self.profile is not None and (self.causal is not None) != causal_profile:
+            raise ValueError(f"--profile {self.profile} is {'' if causal_profile else 'not '}a causal profile: "
+                             f"{'it runs chunk by chunk' if causal_profile else 'drop --causal, or take a causal one'}")
+        if self.causal is None:
+            return
+        if any(entry.cache for entry in entries):
+            raise ValueError("--causal does not compose with the cache methods (fbcache, pab, taylorseer): they reuse "
+                             "a block's output across calls, and consecutive causal calls are different chunks")
+        if self.compile or self.e2e:
+            raise ValueError("--causal does not take --compile or --e2e")
+
     @property
     def latent(self) -> tuple[int, int, int]:
         """The profiled latent (frames, height, width): the spec's, or the profile's own."""
@@ -155,7 +174,14 @@ class BenchSpec:
 
     def prune_config(self, entry: MethodEntry, reduction: float) -> PruneConfig:
         restore = entry.restore or (self.prune.restore if entry.pruner not in MERGING else "none")
-        return replace(self.prune, method=entry.pruner, reduction=reduction, cache=entry.cache, restore=restore)
+        router = self.router if entry.pruner == "router" else None
+        config = replace(self.prune, method=entry.pruner, reduction=reduction, cache=entry.cache, restore=restore,
+                         router=router)
+        if self.causal is None:
+            return config
+        from .causal.config import default_causal_router
+
+        return default_causal_router(config, None if self.profile else self.gen.model)
 
     def runs(self) -> list[RunKey]:
         """Every record of the bench in run order: per prompt and seed, dense first, then each method × reduction."""
@@ -181,6 +207,9 @@ class BenchSpec:
             "profile_latent": list(self.profile_latent or ()),
             "compile": self.compile, "e2e": self.e2e,
         }
+        # what earlier benches never had stays out when unset, so that their bench.json still resumes
+        settings |= {"router": self.router} if self.router else {}
+        settings |= {"causal": asdict(self.causal)} if self.causal else {}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -230,14 +259,16 @@ def read_spec_file(path: Path) -> dict:
     return checked
 
 
-def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_flags: dict, preset: str | None):
+def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_flags: dict, preset: str | None,
+              causal_flags: dict | None = None):
     """A BenchSpec from defaults < preset < YAML spec < flags (None = not given); raises ValueError on bad input.
 
     `lists` holds the bench's own keys (methods, reductions, prompts, held_out, seeds, warmup, repeats, metrics,
     profile, profile_latent, compile, e2e). The preset is the profile's (wan2.1-1.3b) in profile mode, else the
     model's. A preset's (or the spec's) prompt, seed, method, reduction and cache are the bench's prompts, seeds,
     methods and reductions unless those lists are given. Without prompts, a quality bench of the embedded model takes
-    the first 8 held-out prompts.
+    the first 8 held-out prompts. `causal_flags` (chunk_frames, chunk_steps, kv_window, sink_frames; {} for the
+    preset's): a causal bench (`--causal`), with the model's causal preset; a causal profile is one by itself.
     """
     from .config import check_kernels
     from .presets import default_preset, load_preset, merged, preset_names
@@ -255,8 +286,15 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     if profile and "metrics" not in values:
         values["metrics"] = ("timing",)
     generate_values = {**data.get("generate", {}), **_given(generate_flags)}
-    preset = preset or (profile if profile in preset_names() else default_preset(generate_values.get("model")))
+    causal = causal_flags is not None or bool(profile in profiles() and profiles()[profile][1].causal)
+    if causal and "steps" in generate_values:
+        raise ValueError("--causal denoises each chunk separately: give --chunk-steps instead of --steps")
+    preset = preset or (profile if profile in preset_names() else default_preset(generate_values.get("model"),
+                                                                                   causal))
     preset_values = load_preset(preset) if preset else None
+    if causal:
+        values["causal"] = CausalConfig(**merged("causal", preset_values, causal_flags or {}))
+        generate_values["steps"] = values["causal"].chunk_steps  # a causal run's steps are per chunk
     gen_values = merged("generate", preset_values, generate_values)
     if "out" in gen_values:
         raise ValueError("generate.out names one video; a bench writes its results into --out")
@@ -327,6 +365,7 @@ RUN_FIELDS = (
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou",
     "adherence", "adherence_colour", "adherence_shape", "adherence_motion", "adherence_background",
     "adherence_count", "kernel_path", "fused_error", "score_kernel_path", "score_error",
+    "chunk_s", "first_chunk_s", "kv_cache_mb",  # causal: mean per-chunk latency, first chunk, peak KV cache
 )
 # warp_ratio is inf for a perfectly still dense video and flicker NaN with no static pixel (metrics/temporal.py):
 # bench.json keeps them as Python's json writes them (Infinity, NaN), which its resume reads back
@@ -335,8 +374,10 @@ MEAN_FIELDS = (
     "kept_fraction", "block_fraction", "cache_compute_fraction", "flop_bound_speedup", "total_s", "transformer_s",
     "transformer_step_ms", "tokens_per_s", "tflops", "peak_memory_mb",
     "psnr", "ssim", "tde", "warp_ratio", "flicker", "mask_iou", "adherence",
+    "frames_per_s", "chunk_s", "first_chunk_s", "kv_cache_mb",
 )
-AGGREGATE_FIELDS = ("method", "pruner", "cache", "reduction", "runs", "speedup", "transformer_speedup") + MEAN_FIELDS
+AGGREGATE_FIELDS = ("method", "pruner", "cache", "reduction", "runs", "speedup", "transformer_speedup",
+                    "chunk_speedup") + MEAN_FIELDS
 
 
 def mask_iou(masks: list, grid) -> float | None:
@@ -383,7 +424,8 @@ def aggregate(records: list[dict], spec: BenchSpec) -> list[dict]:
         paired = [(dense[(r["prompt"], r["seed"])], r) for r in runs if (r["prompt"], r["seed"]) in dense]
         row = {"method": key[0], "pruner": runs[0]["pruner"], "cache": runs[0]["cache"], "reduction": key[1],
                "runs": len(runs), "speedup": _mean_ratio(paired, "total_s"),
-               "transformer_speedup": _mean_ratio(paired, "transformer_s")}
+               "transformer_speedup": _mean_ratio(paired, "transformer_s"), "chunk_speedup": _mean_ratio(paired,
+                                                                                                          "chunk_s")}
         for name in MEAN_FIELDS:
             values = [r[name] for r in runs if r.get(name) is not None]
             row[name] = statistics.fmean(values) if values else None
@@ -471,28 +513,39 @@ class Bench:
                 if key != dense_key:
                     self._save(key, self._generate(pipe, gen, key, reference)[0])
 
+    def _generation(self, pipe, gen: GenerateConfig, prune: PruneConfig, record_masks: bool = False):
+        """One generation: the pipeline's call (engine.generate), or chunk by chunk for a causal bench."""
+        if self.spec.causal is None:
+            from .engine import generate
+
+            return generate(pipe, gen, prune, record_masks=record_masks)
+        from .causal.sampler import generate_causal
+
+        return generate_causal(pipe, gen, self.spec.causal, prune, record_masks=record_masks)
+
     def _generate(self, pipe, gen: GenerateConfig, key: RunKey, reference):
-        from .engine import generate
         from .metrics import video_fidelity
 
         prune = self.spec.prune_config(key.entry, key.reduction or 0.0)
         if self._first_time(key):
             for _ in range(self.spec.warmup):
-                generate(pipe, gen, prune)
+                self._generation(pipe, gen, prune)
         wants_masks = "masks" in self.spec.metrics
         # masks (kept tokens per block call, for FLOPs and IoU) are recorded in the first timed run: on the CPU the
         # copies cost microseconds; every repeat after it runs without them
-        results = [generate(pipe, gen, prune, record_masks=(i == 0)) for i in range(self.spec.repeats)]
+        results = [self._generation(pipe, gen, prune, record_masks=(i == 0)) for i in range(self.spec.repeats)]
         first = results[0]
         layers = len(_blocks(pipe.transformer))
         record = self._base_record(key, prune, gen.device)
         total = statistics.median(r.total_s for r in results)
         transformer_s = statistics.median(r.transformer_s for r in results)
+        causal = self.spec.causal is not None
         record.update(
-            mode="quality", total_s=total, transformer_s=transformer_s,
-            transformer_step_ms=1000 * transformer_s / gen.steps,
+            mode="causal" if causal else "quality", total_s=total, transformer_s=transformer_s,
+            # a step: both CFG passes; causal: one call (one chunk at one step, both CFG passes in its batch)
+            transformer_step_ms=1000 * transformer_s / (first.transformer_calls if causal else gen.steps),
             frames_per_s=len(first.frames) / total,
-            tokens_per_s=first.tokens_per_forward * first.transformer_calls / transformer_s,
+            tokens_per_s=first.tokens_per_s * first.transformer_s / transformer_s,
             timing_runs_s=[r.total_s for r in results],
             tokens_per_forward=first.tokens_per_forward, transformer_calls=first.transformer_calls,
             kept_fraction=first.kept_fraction, block_fraction=first.block_calls / (first.transformer_calls * layers),
@@ -502,8 +555,12 @@ class Bench:
         )
         if key.method != "dense" and reference is not None and "fidelity" in self.spec.metrics:
             record.update(video_fidelity(reference, first.frames))
+        if causal:
+            from .causal.bench import chunk_fields, video_mask_iou
+
+            record.update(chunk_fields(results))
         if wants_masks:
-            record["mask_iou"] = mask_iou(first.masks, first.grid)
+            record["mask_iou"] = video_mask_iou(first) if causal else mask_iou(first.masks, first.grid)
         if "adherence" in self.spec.metrics:
             record.update(adherence(first.frames, gen.prompt))
         return record, first.frames
@@ -524,8 +581,9 @@ class Bench:
             compile_blocks(adapter.blocks(transformer))
         inputs = adapter.profile_inputs(transformer, profile, spec.latent, device, dtype)
         decode_s = time_vae_decode(adapter.profile_decode(profile, spec.latent, device), spec) if spec.e2e else None
+        profile_one = self._profile_causal if spec.causal else self._profile_one
         for key in todo:
-            record = self._profile_one(transformer, inputs, key)
+            record = profile_one(transformer, inputs, key)
             record["decode_s"] = decode_s
             if decode_s is not None:
                 record["total_s"] += decode_s
@@ -581,6 +639,50 @@ class Bench:
             record.update(
                 total_s=total, transformer_s=total, transformer_step_ms=1000 * per_forward,
                 tokens_per_s=tokens / per_forward, timing_runs_s=[sum(run) for run in runs],
+                peak_memory_mb=_peak_memory_mb(device),
+            )
+        return record
+
+    def _profile_causal(self, transformer, inputs: dict, key: RunKey) -> dict:
+        """One causal profile record: the profile's video generated chunk by chunk (causal.bench.profile_chunks)."""
+        import torch
+
+        from .causal.bench import profile_chunks
+        from .engine import _peak_memory_mb, pruned
+
+        spec, causal = self.spec, self.spec.causal
+        prune = spec.prune_config(key.entry, key.reduction or 0.0)
+        device = next(transformer.parameters()).device
+        shapes_only = device.type == "meta"  # shapes and FLOPs, no arithmetic: nothing to time
+
+        def timed(fn) -> float:
+            return _timed(fn, device)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with pruned(transformer, prune, causal.chunk_steps) as controller:
+            for _ in range(0 if shapes_only else spec.warmup):
+                profile_chunks(transformer, inputs, controller, causal, timed)
+            runs = [profile_chunks(transformer, inputs, controller, causal, timed)
+                    for _ in range(1 if shapes_only else spec.repeats)]
+            log, kernels = controller.log, controller.kernel_report()
+        first = runs[0]
+        layers = len(profiles()[spec.profile][0].blocks(transformer))
+        record = self._base_record(key, prune, spec.gen.device)
+        record.update(
+            mode=f"profile:{spec.profile}", tokens_per_forward=first["tokens_per_call"],
+            transformer_calls=first["calls"], kept_fraction=log.kept_fraction,
+            block_fraction=first["block_calls"] / (first["calls"] * layers),
+            tflops=log.flops / 1e12, flop_bound_speedup=log.dense_flops / log.flops,
+            kv_cache_mb=first["kv_cache_bytes"] / 2**20, **kernels,
+        )
+        if not shapes_only:
+            total = statistics.median(sum(run["chunk_s"]) for run in runs)
+            record.update(
+                total_s=total, transformer_s=total, transformer_step_ms=1000 * total / first["calls"],
+                tokens_per_s=first["tokens"] / total, timing_runs_s=[sum(run["chunk_s"]) for run in runs],
+                chunk_s=statistics.median(float(statistics.fmean(run["chunk_s"])) for run in runs),
+                first_chunk_s=statistics.median(run["chunk_s"][0] for run in runs),
                 peak_memory_mb=_peak_memory_mb(device),
             )
         return record
@@ -687,6 +789,7 @@ def bench_header(spec: BenchSpec) -> dict:
             "profile": spec.profile, "profile_latent": list(spec.latent) if spec.profile else None,
             "compile": spec.compile,
             "e2e": spec.e2e, "generate": asdict(spec.gen), "prune": asdict(spec.prune),
+            "causal": asdict(spec.causal) if spec.causal else None, "router": spec.router,
         },
         "device": device_name(spec.gen.device),
         "versions": {"vidprune": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
@@ -700,11 +803,13 @@ TABLE_COLUMNS = (  # (field, short title: the table must fit a terminal)
     ("flop_bound_speedup", "FLOP×"), ("speedup", "speedup"), ("transformer_speedup", "tf×"),
     ("transformer_step_ms", "tf ms/step"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("tde", "TDE"),
     ("warp_ratio", "warp"), ("flicker", "flicker"), ("mask_iou", "IoU"), ("adherence", "adher."),
-    ("cache_compute_fraction", "cache"),
+    ("cache_compute_fraction", "cache"), ("chunk_s", "chunk s"), ("first_chunk_s", "1st chunk s"),
+    ("kv_cache_mb", "KV MB"),
 )
 _FORMATS = {"kept_fraction": ".3f", "flop_bound_speedup": ".2f", "speedup": ".2f", "transformer_speedup": ".2f",
             "transformer_step_ms": ".1f", "psnr": ".2f", "ssim": ".4f", "tde": ".4f", "warp_ratio": ".3f",
-            "flicker": ".4f", "mask_iou": ".3f", "adherence": ".3f", "cache_compute_fraction": ".3f"}
+            "flicker": ".4f", "mask_iou": ".3f", "adherence": ".3f", "cache_compute_fraction": ".3f", "chunk_s": ".3f",
+            "first_chunk_s": ".3f", "kv_cache_mb": ",.1f"}
 
 
 def table_rows(aggregates: list[dict]) -> tuple[list[str], list[list[str]]]:

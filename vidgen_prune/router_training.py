@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,7 @@ class TrainRouterConfig:
     kernel: int = 3  # temporal convolution over latent frames
     checkpoint_every: int = 25
     seed: int = 0
+    causal: object | None = None  # a causal.config.CausalConfig: teach on the causal model's own chunk trajectories
 
     def __post_init__(self):
         check_finite(self)
@@ -104,7 +106,7 @@ class TrainRouterConfig:
             "guidance": sampling.guidance,
             "prompts": len(self.prompts),
             "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16],
-        }
+        } | ({"causal": asdict(self.causal)} if self.causal is not None else {})
 
 
 def read_prompts(path: Path) -> tuple[str, ...]:
@@ -118,16 +120,26 @@ def read_prompts(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
-def sampling_config(model: str | None, prompt: str, overrides: dict) -> GenerateConfig:
-    """The trajectories' generation settings: dataclass defaults < the model's preset < flags."""
+def sampling_config(model: str | None, prompt: str, overrides: dict, causal_flags: dict | None = None):
+    """The trajectories' generation settings: dataclass defaults < the model's preset < flags. With `causal_flags`
+    (train a router for causal generation): the model's causal preset, and returns (GenerateConfig, CausalConfig)
+    with the GenerateConfig's steps the steps per chunk."""
+    from dataclasses import replace
+
+    from .causal.config import CausalConfig
     from .presets import default_preset, load_preset, merged
 
-    preset_name = default_preset(model)
+    preset_name = default_preset(model, causal=causal_flags is not None)
     preset = load_preset(preset_name) if preset_name else None
     values = merged("generate", preset, {**overrides, "model": model, "prompt": prompt})
     if "out" in values:
         raise ValueError(f"preset {preset_name}: generate.out names one video; train-router writes into --out")
-    return GenerateConfig(**values)
+    if causal_flags is None:
+        return GenerateConfig(**values)
+    if overrides.get("steps") is not None:
+        raise ValueError("--causal denoises each chunk separately: give --chunk-steps instead of --sample-steps")
+    causal = CausalConfig(**merged("causal", preset, causal_flags))
+    return replace(GenerateConfig(**values), steps=causal.chunk_steps), causal
 
 
 def checkpoint_step(config: TrainRouterConfig) -> int:
@@ -161,8 +173,26 @@ class TeacherCall:
 
 @dataclass
 class Trajectories:
+    """The teacher of a pipeline's generations; `replay` runs one of its steps through the (pruned) transformer."""
+
     calls: list[list[list[TeacherCall]]]  # [prompt][step] → the step's samples (cond and uncond, in whatever calls)
     grid: dict = field(default_factory=dict)  # latent token grid: frames, height, width
+
+    @property
+    def count(self) -> int:
+        """Steps a training step draws from: the denoising steps."""
+        return len(self.calls[0])
+
+    def session(self, transformer, controller):
+        """What the transformer runs under while it trains on these trajectories: nothing more than the pruner."""
+        return nullcontext()
+
+    def replay(self, transformer, controller, pruner, prompts: list[int], step: int):
+        """(velocity of the pruned transformer, dense velocity) of `prompts` at denoising `step`."""
+        inputs, target = self.batch(prompts, step)
+        controller.reset(num_steps=self.count)
+        pruner.forced_step = step
+        return transformer(**inputs)[0], target  # (B, C, F, H, W), or packed (B, S, C)
 
     def batch(self, prompts: list[int], step: int) -> tuple[dict, torch.Tensor]:
         """Transformer keyword arguments and dense velocities (B, ...) of `prompts` at denoising `step`."""
@@ -261,12 +291,20 @@ def train_router(
         return TrainResult(net.eval(), first_step, losses, 0.0, 0.0)
 
     start = time.perf_counter()
-    trajectories = collect_trajectories(
-        pipe, config.prompts, config.sampling, config.seed, lambda done: on_collect(done, len(config.prompts))
-    )
+    def on_prompt(done: int) -> None:
+        on_collect(done, len(config.prompts))
+
+    if config.causal is None:
+        trajectories = collect_trajectories(pipe, config.prompts, config.sampling, config.seed, on_prompt)
+    else:
+        from .causal.trajectories import collect_causal_trajectories
+
+        trajectories = collect_causal_trajectories(pipe, config.prompts, config.sampling, config.causal,
+                                                   config.seed, on_prompt)
     collect_s = time.perf_counter() - start
+    name = config.sampling.model or ("embedded:tiny-wan" if config.causal is None else "embedded:tiny-wan-causal")
     meta = {
-        "model": {**fingerprint, "name": config.sampling.model or "embedded:tiny-wan", "grid": trajectories.grid},
+        "model": {**fingerprint, "name": name, "grid": trajectories.grid},
         "bins": {"width": BIN, "min_retention": MIN_RETENTION, "step_swing": STEP_SWING},
         "target_reduction": config.target_reduction,
         "training": config.settings(),
@@ -278,32 +316,30 @@ def train_router(
     start = time.perf_counter()
     elapsed_before = losses[-1]["elapsed_s"] if losses else 0.0
     try:
-        for step in range(first_step, config.steps):
-            rng = np.random.default_rng([config.seed, step])  # (seed, step) alone: resuming repeats the draws
-            denoise_step = int(rng.integers(config.sampling.steps))
-            prompts = rng.choice(len(config.prompts), size=config.batch, replace=False).tolist()
-            inputs, target = trajectories.batch(prompts, denoise_step)
-            controller.reset(num_steps=config.sampling.steps)
-            pruner.forced_step = denoise_step
-            velocity = transformer(**inputs)[0]  # (B, C, F, H, W), or packed (B, S, C)
-            distill = torch.nn.functional.mse_loss(velocity.float(), target.float())
-            ratio = net.ratio_loss(target_retention)
-            optimizer.zero_grad(set_to_none=True)
-            net.layer_ratios.grad = None
-            (distill + config.ratio_weight * ratio).backward()
-            optimizer.step()
-            net.descend_ratios(config.ratio_lr)
-            row = {
-                "step": step + 1,
-                "distill": float(distill.detach()),
-                "ratio": float(ratio.detach()),
-                "mean_ratio": float(net.layer_ratios.detach().mean()),
-                "elapsed_s": elapsed_before + time.perf_counter() - start,
-            }
-            losses.append(row)
-            on_step(row)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                write_checkpoint(net, optimizer, losses, {**meta, "step": step + 1, "final": row}, config.out)
+        with trajectories.session(transformer, controller):
+            for step in range(first_step, config.steps):
+                rng = np.random.default_rng([config.seed, step])  # (seed, step) alone: resuming repeats the draws
+                drawn = int(rng.integers(trajectories.count))  # a denoising step (causal: a chunk call)
+                prompts = rng.choice(len(config.prompts), size=config.batch, replace=False).tolist()
+                velocity, target = trajectories.replay(transformer, controller, pruner, prompts, drawn)
+                distill = torch.nn.functional.mse_loss(velocity.float(), target.float())
+                ratio = net.ratio_loss(target_retention)
+                optimizer.zero_grad(set_to_none=True)
+                net.layer_ratios.grad = None
+                (distill + config.ratio_weight * ratio).backward()
+                optimizer.step()
+                net.descend_ratios(config.ratio_lr)
+                row = {
+                    "step": step + 1,
+                    "distill": float(distill.detach()),
+                    "ratio": float(ratio.detach()),
+                    "mean_ratio": float(net.layer_ratios.detach().mean()),
+                    "elapsed_s": elapsed_before + time.perf_counter() - start,
+                }
+                losses.append(row)
+                on_step(row)
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    write_checkpoint(net, optimizer, losses, {**meta, "step": step + 1, "final": row}, config.out)
     finally:
         remove_pruner(transformer)
     with atomic_files(config.out / PLOT_FILE) as (plot_partial,):  # ~1 s: once, not at every checkpoint

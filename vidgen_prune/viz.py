@@ -110,31 +110,44 @@ class MaskView:
         }
 
 
-def check_position(pipe, gen: GenerateConfig, layer: int, step: int) -> None:
+def check_position(pipe, gen: GenerateConfig, layer: int, step: int, causal=None) -> None:
     """Refuse (ValueError), before any compute, a block or step the generation does not have, or a video too
-    short for adjacent latent frames."""
+    short for adjacent latent frames. `causal` (a CausalConfig): `step` is a step of each chunk."""
     from .models import adapter_for, denoisers
 
     transformer = denoisers(pipe)[0]
     num_layers = len(adapter_for(transformer).blocks(transformer))
     if not 0 <= layer < num_layers:
         raise ValueError(f"--layer must be in [0, {num_layers}) for this model, got {layer}")
-    if not 0 <= step < gen.steps:
-        raise ValueError(f"--step must be in [0, {gen.steps}) for --steps {gen.steps}, got {step}")
+    steps, flag = (gen.steps, "--steps") if causal is None else (causal.chunk_steps, "--chunk-steps")
+    if not 0 <= step < steps:
+        raise ValueError(f"--step must be in [0, {steps}) for {flag} {steps}, got {step}")
     if TokenGeometry.of(pipe).grid(gen.frames, gen.height, gen.width).frames < 2:
         raise ValueError(f"--frames {gen.frames} gives one latent frame; adjacent-frame IoU needs two or more")
 
 
-def mask_views(pipe, gen: GenerateConfig, prunes: Sequence[PruneConfig], layer: int, step: int) -> list[MaskView]:
-    """One seeded generation per pruning config, each with its mask at (`layer`, `step`) drawn over its frames."""
+def mask_views(pipe, gen: GenerateConfig, prunes: Sequence[PruneConfig], layer: int, step: int,
+               causal=None) -> list[MaskView]:
+    """One seeded generation per pruning config, each with its mask at (`layer`, `step`) drawn over its frames.
+
+    `causal` (a CausalConfig): generated chunk by chunk; each chunk's mask at its own step `step` is drawn over the
+    chunk's frames (the prompt's sample of the guidance batch)."""
     from .engine import generate
 
     geometry = TokenGeometry.of(pipe)
     grid = geometry.grid(gen.frames, gen.height, gen.width)
     views = []
     for prune in prunes:
-        result = generate(pipe, gen, prune, record_masks=True)
-        masks = cond_keep_masks(result.masks, grid)
+        if causal is None:
+            result = generate(pipe, gen, prune, record_masks=True)
+            masks = cond_keep_masks(result.masks, grid)
+        else:
+            from .causal.masks import video_keep_masks
+            from .causal.sampler import generate_causal
+
+            result = generate_causal(pipe, gen, causal, prune, record_masks=True)
+            masks = {key: keep[-1] for key, keep in video_keep_masks(result.masks, result.calls, result.grid).items()
+                     if key[0] < causal.chunk_steps}  # the prompt's row; context passes are not drawn
         keep = masks.get((step, layer), np.ones((grid.frames, grid.height, grid.width), dtype=bool))
         every_block = np.stack(list(masks.values())) if masks else keep[None]  # (S, F, H, W)
         views.append(

@@ -38,6 +38,28 @@ def self_attention_kv(attn, hidden_states: torch.Tensor, rotary_emb) -> tuple[to
     return rotate(query, *rotary_emb), rotate(key, *rotary_emb), value
 
 
+def _projection(attn, hidden_states: torch.Tensor, part: int) -> torch.Tensor:
+    """One of Wan self-attention's query (0), key (1), value (2) projections (B, S, D), fused weights or not."""
+    if attn.fused_projections:
+        weight, bias = attn.to_qkv.weight.chunk(3)[part], attn.to_qkv.bias.chunk(3)[part]
+        return torch.nn.functional.linear(hidden_states, weight, bias)
+    return (attn.to_q, attn.to_k, attn.to_v)[part](hidden_states)
+
+
+def self_attention_query(attn, hidden_states: torch.Tensor, rotary_emb) -> torch.Tensor:
+    """The rotated query (B, S, heads, d) alone: a pruned block whose keys/values were supplied at full width."""
+    query = attn.norm_q(_projection(attn, hidden_states, 0)).unflatten(2, (attn.heads, -1))  # (B, S, heads, d)
+    return rotate(query, *rotary_emb)
+
+
+def self_attention_key_value(attn, hidden_states: torch.Tensor, rotary_emb) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotated key and the value (B, S, heads, d) alone: what a pruned block supplies for every token of its
+    chunk (`CausalState.supply_full_width`), without the queries only its kept tokens need."""
+    key = attn.norm_k(_projection(attn, hidden_states, 1)).unflatten(2, (attn.heads, -1))  # (B, S, heads, d)
+    value = _projection(attn, hidden_states, 2).unflatten(2, (attn.heads, -1))  # (B, S, heads, d)
+    return rotate(key, *rotary_emb), value
+
+
 def _project_out(attn, attended: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     hidden_states = attended.flatten(2, 3).type_as(query)  # (B, S, D)
     return attn.to_out[1](attn.to_out[0](hidden_states))
@@ -88,9 +110,12 @@ class CachedSelfAttention:
         self.state, self.layer = state, layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        query, key, value = self_attention_kv(attn, hidden_states, rotary_emb)  # (B, S, heads, d)
-        if self.layer in self.state.full_width:  # a pruned block: attend to (and cache) the whole chunk
-            key, value = self.state.full_width.pop(self.layer)  # (B, S_chunk, heads, d)
+        supplied = self.state.full_width.pop(self.layer, None)
+        if supplied is None:
+            query, key, value = self_attention_kv(attn, hidden_states, rotary_emb)  # (B, S, heads, d)
+        else:  # a pruned block: its kept tokens attend to (and a context pass caches) the whole chunk
+            query = self_attention_query(attn, hidden_states, rotary_emb)  # (B, K, heads, d)
+            key, value = supplied  # (B, S_chunk, heads, d)
         cache = self.state.caches[self.layer]
         keys, values = cache.attend_with(key, value)  # (B, cached + S, heads, d)
         attended = dispatch_attention_fn(query, keys, values)  # (B, S, heads, d)

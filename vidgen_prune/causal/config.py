@@ -50,3 +50,37 @@ class CausalConfig:
         """The latent frames of each chunk, in order; the last chunk is shorter when C does not divide F."""
         return [range(start, min(start + self.chunk_frames, latent_frames))
                 for start in range(0, latent_frames, self.chunk_frames)]
+
+
+# settings of a generation the causal sampler has no way to honour (it loads and runs its own transformer)
+_UNSUPPORTED_SETUP = {"image": "--image", "offload": "--offload", "attention_backend": "--attention-backend",
+                      "compile": "--compile", "lora": "--lora", "vae_tiling": "--vae-tiling"}
+
+
+def check_causal_run(gen, prune, info) -> None:
+    """Refuse (ValueError), before loading, what a causal generation cannot run: a model that is not one Wan
+    text-to-video transformer with Wan2.1's VAE, a diffusers cache, a setup flag the sampler does not apply. `gen` a
+    GenerateConfig, `prune` a PruneConfig, `info` the model's `ModelInfo`."""
+    transformer = info.component_config(info.denoisers[0])
+    if (info.pipeline_class != "WanPipeline" or len(info.denoisers) > 1 or transformer.get("image_dim")
+            or info.pipeline_config.get("expand_timesteps") or info.component_config("vae").get("patch_size")):
+        raise ValueError(f"--causal runs one Wan2.1-style text-to-video transformer (a WanPipeline with Wan2.1's VAE); "
+                         f"{info.source} is a {info.pipeline_class} with {', '.join(info.denoisers)}")
+    if prune.cache is not None:
+        raise ValueError(f"--causal does not compose with the diffusers cache {prune.cache}: it reuses a block's "
+                         "output across calls, and consecutive causal calls are different chunks")
+    given = [flag for name, flag in _UNSUPPORTED_SETUP.items() if getattr(gen, name)]
+    if given:
+        raise ValueError(f"--causal does not take {', '.join(given)} (the chunk sampler runs its own transformer)")
+
+
+def default_causal_router(prune, model: str | None):
+    """`prune` with the embedded causal model's router for `--method router` when no `--router` is given (the
+    embedded model is the default of `--causal`; `tiny/causal/router`, trained on its own chunks)."""
+    from dataclasses import replace
+
+    from ..tiny import EMBEDDED_CAUSAL_ROUTER_DIR
+
+    if prune.method != "router" or prune.router is not None or model is not None:
+        return prune
+    return replace(prune, router=str(EMBEDDED_CAUSAL_ROUTER_DIR))

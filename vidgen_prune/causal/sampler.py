@@ -4,7 +4,8 @@ Every transformer call is one chunk at one timestep: `chunk_steps` denoising cal
 chunk, whose keys/values nothing reads) one context call on the finished clean chunk that writes its keys/values
 into every block's cache. Classifier-free guidance runs both prompts as a batch of two in the same call, so
 the cache holds both and each call is still one (chunk, step). Before each call `on_call(ChunkCall)` says which
-call it is; after each chunk `on_frames(chunk, frames)` receives its decoded frames.
+call it is; after each chunk `on_frames(chunk, frames)` receives its decoded frames. A `PruneConfig` prunes inside
+the chunks (`pruning.py`: how the chunk's steps drive the pruner, and what the cache receives from a pruned block).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import GenerateConfig
-from ..engine import _peak_memory_mb, _synchronize
+from ..config import GenerateConfig, PruneConfig
+from ..engine import _peak_memory_mb, _synchronize, pruned
+from ..models import TokenGrid
 from .attention import causal_attention
 from .config import CausalConfig
 from .decode import StreamingDecoder
+from .pruning import ChunkPruning
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,29 @@ class CausalResult:
     kv_cache_peak_mb: float  # every block's cache at its fullest (both guidance prompts)
     peak_memory_mb: float
     calls: list[ChunkCall] = field(default_factory=list, repr=False)
-    kept_fraction: float = 1.0  # no pruning inside chunks yet
-    kernels: dict = field(default_factory=dict)  # which skip path ran (engine.GenerationResult.kernels); none yet
+    kept_fraction: float = 1.0  # token·block computations done / possible over every call, context passes included
+    flops: float = 0.0  # analytic FLOPs of the block forwards, attention to the cache included, per sample
+    dense_flops: float = 0.0  # the same calls with every block at every token
+    masks: list | None = field(default=None, repr=False)  # (step, call, layer, positions (B, K)) when recorded
+    grid: TokenGrid | None = None  # the token grid of a full chunk
+    kernels: dict = field(default_factory=dict)  # which skip path ran (PruneController.kernel_report)
+    block_calls: int = 0  # block forwards that ran (all of them: no diffusers cache composes with causal generation)
+    cache_compute_fraction: float | None = None  # (no diffusers cache)
 
     @property
     def tokens_per_forward(self) -> int:
         """Video tokens of one call on a full chunk."""
         return max(self.chunk_frames) * self.tokens_per_frame
+
+    @property
+    def flop_bound_speedup(self) -> float:
+        return self.dense_flops / self.flops if self.flops else 1.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Video tokens through the transformer per second of transformer time (skipped tokens included)."""
+        tokens = sum(len(call.frames) for call in self.calls) * self.tokens_per_frame
+        return tokens / self.transformer_s
 
     def timings(self) -> dict:
         return {
@@ -70,6 +89,7 @@ class CausalResult:
             "transformer_s": self.transformer_s,
             "transformer_calls": self.transformer_calls,
             "frames_per_s": len(self.frames) / self.total_s,
+            "tokens_per_s": self.tokens_per_s,
             "kv_cache_peak_mb": self.kv_cache_peak_mb,
             "peak_memory_mb": self.peak_memory_mb,
         }
@@ -81,9 +101,14 @@ def chunk_timesteps(pipe, causal: CausalConfig, device) -> tuple[object | None, 
         scheduler = copy.deepcopy(pipe.scheduler)
         scheduler.set_timesteps(causal.chunk_steps, device=device)
         return scheduler, [float(t) for t in scheduler.timesteps]
-    uniform = 1.0 - np.arange(causal.chunk_steps) / causal.chunk_steps  # Self-Forcing: 1000, 750, 500, 250
+    return None, renoise_timesteps(causal)
+
+
+def renoise_timesteps(causal: CausalConfig) -> list[float]:
+    """Self-Forcing's few-step timesteps: 1000·(1 − j/T) warped by the shift (4 steps, shift 5: 1000, 938, 833, 625)."""
+    uniform = 1.0 - np.arange(causal.chunk_steps) / causal.chunk_steps  # 1000, 750, 500, 250 before the shift
     shift = causal.renoise_shift
-    return None, (1000.0 * shift * uniform / (1.0 + (shift - 1.0) * uniform)).tolist()
+    return (1000.0 * shift * uniform / (1.0 + (shift - 1.0) * uniform)).tolist()
 
 
 @torch.no_grad()
@@ -91,10 +116,13 @@ def generate_causal(
     pipe,
     gen: GenerateConfig,
     causal: CausalConfig,
+    prune: PruneConfig | None = None,
     on_call: Callable[[ChunkCall], None] | None = None,
     on_frames: Callable[[int, np.ndarray], None] | None = None,
+    record_masks: bool = False,
 ) -> CausalResult:
-    """One seeded causal generation with `pipe`'s Wan transformer made block-causal for its duration."""
+    """One seeded causal generation with `pipe`'s Wan transformer made block-causal, and pruned with `prune` (None:
+    dense), for its duration. Check `prune` first (`pruning.check_pruner`): a budget out of reach is refused there."""
     transformer, device = pipe.transformer, pipe.transformer.device
     guided = gen.guidance > 1.0
     latent_frames = (gen.frames - 1) // pipe.vae_scale_factor_temporal + 1
@@ -109,7 +137,9 @@ def generate_causal(
         torch.cuda.reset_peak_memory_stats(device)
 
     clock = _Clock(device)
-    with causal_attention(transformer, "cache") as state:
+    with causal_attention(transformer, "cache") as state, \
+            pruned(transformer, prune or PruneConfig(), causal.chunk_steps, record_masks) as controller:
+        pruning = ChunkPruning(controller, state)
         state.reset(tokens_per_frame, causal.kv_window, causal.sink_frames)
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             gen.prompt, gen.negative_prompt, do_classifier_free_guidance=guided,
@@ -125,6 +155,7 @@ def generate_causal(
             info = ChunkCall(len(calls), chunk, len(chunks), step, causal.chunk_steps, step == causal.chunk_steps,
                              frames, timestep, len(text))
             calls.append(info)
+            pruning.on_call(info)
             if on_call:
                 on_call(info)
             model_input = latents.to(device, transformer.dtype).expand(len(text), -1, -1, -1, -1)
@@ -167,11 +198,15 @@ def generate_causal(
             if on_frames:
                 on_frames(index, frames_rgb)
         total_s = clock.now() - clock.start
+        log = controller.log
     return CausalResult(
         frames=np.concatenate(pieces), total_s=total_s, first_chunk_s=first_chunk_s, chunk_s=chunk_s,
         transformer_s=clock.transformer_s, transformer_calls=len(calls), tokens_per_frame=tokens_per_frame,
         chunk_frames=[len(frames) for frames in chunks], kv_cache_peak_mb=cache_peak / 2**20,
-        peak_memory_mb=_peak_memory_mb(device), calls=calls)
+        peak_memory_mb=_peak_memory_mb(device), calls=calls, kept_fraction=log.kept_fraction, flops=log.flops,
+        dense_flops=log.dense_flops, masks=log.masks,
+        grid=TokenGrid(max(len(frames) for frames in chunks), latent_height // p_h, latent_width // p_w),
+        kernels=controller.kernel_report(), block_calls=pruning.block_calls)
 
 
 class _Clock:

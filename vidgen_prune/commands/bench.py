@@ -10,20 +10,26 @@ import typer
 from .common import (
     Alpha,
     AttentionBackend,
+    Causal,
+    ChunkFrames,
+    ChunkSteps,
     Device,
     Dtype,
     Frames,
     Guidance,
     Height,
     Kernels,
+    KvWindow,
     Lora,
     Model,
     Offload,
     Preset,
     ReselectEvery,
     Restore,
+    RouterDir,
     Schedule,
     ScheduleDelta,
+    SinkFrames,
     Steps,
     VaeTiling,
     Verbose,
@@ -70,6 +76,12 @@ def _split(text: str | None, kind=str, flag: str = "") -> list | None:
         raise ValueError(f"--{flag}: {error}") from error
 
 
+def _is_causal_profile(profile: str | None) -> bool:
+    from ..models import profiles
+
+    return profile in profiles() and profiles()[profile][1].causal
+
+
 def bench(
     methods: Methods = None,
     reductions: Reductions = None,
@@ -107,10 +119,26 @@ def bench(
     fbcache_threshold: FbcacheThreshold = None,
     pab_skip: PabSkip = None,
     taylorseer_interval: TaylorseerInterval = None,
+    router: RouterDir = None,
+    causal: Causal = False,
+    chunk_frames: ChunkFrames = None,
+    chunk_steps: ChunkSteps = None,
+    kv_window: KvWindow = None,
+    sink_frames: SinkFrames = None,
     verbose: Verbose = False,
 ) -> None:
-    """Bench methods × reductions × prompts × seeds against dense: speed, FLOPs, fidelity, masks, adherence."""
+    """Bench methods × reductions × prompts × seeds against dense: speed, FLOPs, fidelity, masks, adherence.
+
+    With --causal: chunk by chunk against the dense causal video of the same seed, with per-chunk and first-chunk
+    latency and the KV cache's size (default model: the embedded causal one); --profile self-forcing-1.3b is the
+    real-size causal profile."""
+    causal_flags = dict(chunk_frames=chunk_frames, chunk_steps=chunk_steps, kv_window=kv_window,
+                        sink_frames=sink_frames)
     with bad_input():
+        causal = causal or _is_causal_profile(profile)
+        given = [f"--{name.replace('_', '-')}" for name, value in causal_flags.items() if value is not None]
+        if given and not causal:
+            raise ValueError(f"{', '.join(given)} only apply with --causal")
         from ..bench import Bench, make_spec
 
         bench_spec = make_spec(
@@ -120,7 +148,7 @@ def bench(
                 prompts=prompt, held_out=held_out, seeds=_split(seeds, int, "seeds"), warmup=warmup,
                 repeats=repeats, metrics=_split(metrics, flag="metrics"),
                 profile=profile, profile_latent=_split(profile_latent, int, "profile-latent"), compile=compile,
-                e2e=e2e,
+                e2e=e2e, router=router,
             ),
             dict(model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
                  device=device, dtype=dtype, offload=offload, attention_backend=attention_backend,
@@ -129,20 +157,32 @@ def bench(
                  kernels=kernels, restore=restore, fbcache_threshold=fbcache_threshold, pab_skip=pab_skip,
                  taylorseer_interval=taylorseer_interval),
             preset,
+            causal_flags if causal else None,
         )
         runner = Bench(bench_spec, out)
         runner.check()
         if not bench_spec.profile:
-            check_model(bench_spec.gen, [bench_spec.prune_config(e, r) for e in bench_spec.entries if e.spends_budget
-                                         for r in bench_spec.reductions])
+            configs = [bench_spec.prune_config(e, r) for e in bench_spec.entries if e.spends_budget
+                       for r in bench_spec.reductions]
+            info = check_model(bench_spec.gen, configs)
+            if bench_spec.causal:
+                from ..causal.config import check_causal_run
+
+                for config in configs or [bench_spec.prune]:
+                    check_causal_run(bench_spec.gen, config, info)
 
     pipe = None
     if not bench_spec.profile:
         with runtime_failure(verbose):
-            from ..engine import load_pipeline
-
             gen = bench_spec.gen
-            pipe = load_pipeline(gen.model, gen.device, gen.dtype, setup=gen)
+            if bench_spec.causal:
+                from ..causal.pipeline import load_causal_pipeline
+
+                pipe = load_causal_pipeline(gen.model, gen.device, gen.dtype)
+            else:
+                from ..engine import load_pipeline
+
+                pipe = load_pipeline(gen.model, gen.device, gen.dtype, setup=gen)
         warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(bench_spec.prompts)})
     with bad_input():
         from ..bench import check_budgets

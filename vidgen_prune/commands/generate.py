@@ -78,7 +78,6 @@ def build_configs(generate_flags: dict, prune_flags: dict, preset_name: str | No
 
 
 def generate(
-    ctx: typer.Context,
     prompt: OptionalPrompt = None,
     method: Method = None,
     reduction: Reduction = None,
@@ -138,7 +137,7 @@ def generate(
     if causal:
         from .generate_causal import generate_causal
 
-        generate_causal(ctx, generate_flags, prune_flags, causal_flags, preset, prompts, json_output, verbose)
+        generate_causal(generate_flags, prune_flags, causal_flags, preset, prompts, out_dir, json_output, verbose)
         return
     with bad_input():
         given = [f"--{name.replace('_', '-')}" for name, value in causal_flags.items() if value is not None]
@@ -146,7 +145,26 @@ def generate(
             raise ValueError(f"{', '.join(given)} only apply with --causal")
         is_batch = _is_batch(prompt, prompts, out, out_dir)
     if is_batch:
-        _generate_batch(prompts, out_dir, generate_flags, prune_flags, preset, json_output, verbose)
+        infos = {}  # model → what its JSON files say, read once
+
+        def item_configs(item_generate_flags: dict, item_prune_flags: dict):
+            from ..models import inspect_model
+            from .common import check_model
+
+            gen, prune, preset_name = build_configs(
+                generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset
+            )
+            if gen.model not in infos:
+                infos[gen.model] = inspect_model(gen.model)
+            check_model(gen, [prune], infos[gen.model])
+            return gen, prune, preset_name
+
+        def load(gen):
+            from ..engine import load_pipeline
+
+            return load_pipeline(gen.model, gen.device, gen.dtype, setup=gen)
+
+        _generate_batch(prompts, out_dir, item_configs, load, json_output, verbose)
         return
     with bad_input():
         gen, prune, preset_name = build_configs(generate_flags, prune_flags, preset)
@@ -207,35 +225,27 @@ def _is_batch(prompt: str | None, prompts: Path | None, out: Path | None, out_di
     return True
 
 
-def _generate_batch(
-    prompts: Path, out_dir: Path, generate_flags: dict, prune_flags: dict, preset: str | None, json_output: bool,
-    verbose: bool,
-) -> None:
+def _generate_batch(prompts: Path, out_dir: Path, item_configs, load, json_output: bool, verbose: bool) -> None:
+    """Batch mode. `item_configs(generate_flags, prune_flags)` builds and checks one line's configs (a tuple that
+    `BatchItem` takes after index and line: gen, prune, preset, and for --causal the CausalConfig); `load(gen)` loads
+    the pipeline once for every item."""
     from dataclasses import replace
 
     from ..batch import Manifest, OutDirLock, World, check_items, read_prompt_file, run_batch
-    from ..engine import load_pipeline
-    from ..models import denoisers, inspect_model
+    from ..models import denoisers
     from ..outputs import check_writable
     from ..pruning import check_pruner
-    from .common import check_model
 
     with bad_input():
         world = World.from_env()
-        infos = {}  # model → what its JSON files say, read once
 
-        def item_configs(item_generate_flags: dict, item_prune_flags: dict):
-            gen, prune, preset_name = build_configs(
-                generate_flags | item_generate_flags, prune_flags | item_prune_flags, preset
-            )
+        def configs_on_this_rank(item_generate_flags: dict, item_prune_flags: dict):
+            gen, *rest = item_configs(item_generate_flags, item_prune_flags)
             if gen.out is not None:
                 raise ValueError("the preset's generate.out is for one --prompt; --prompts writes into --out-dir")
-            if gen.model not in infos:
-                infos[gen.model] = inspect_model(gen.model)
-            check_model(gen, [prune], infos[gen.model])
-            return replace(gen, device=world.device(gen.device)), prune, preset_name
+            return replace(gen, device=world.device(gen.device)), *rest
 
-        items = read_prompt_file(prompts, item_configs)
+        items = read_prompt_file(prompts, configs_on_this_rank)
         manifest = Manifest(out_dir)
         check_writable(manifest.part(world.rank))
         manifest.check_same_run(items)
@@ -244,7 +254,7 @@ def _generate_batch(
             lock.acquire()
     with lock:
         with runtime_failure(verbose):
-            pipe = load_pipeline(items[0].gen.model, items[0].gen.device, items[0].gen.dtype, setup=items[0].gen)
+            pipe = load(items[0].gen)
         with bad_input():
             check_items(items, lambda item: [check_pruner(item.prune, transformer) for transformer in denoisers(pipe)])
             lock.acquire()  # creates a new folder only now that nothing can refuse the run

@@ -8,12 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (
+    Causal,
+    ChunkFrames,
+    ChunkSteps,
     Device,
     Frames,
     Guidance,
     Height,
+    KvWindow,
     Model,
     Seed,
+    SinkFrames,
     Width,
     bad_input,
     check_model,
@@ -44,36 +49,63 @@ def train_router(
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints.")] = 25,
     seed: Seed = None,
     device: Device = None,
+    causal: Causal = False,
+    chunk_frames: ChunkFrames = None,
+    chunk_steps: ChunkSteps = None,
+    kv_window: KvWindow = None,
+    sink_frames: SinkFrames = None,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Tracebacks and library logs."),
 ) -> None:
-    """Train a per-block temporal router and per-layer retention ratios by matching the dense model's velocity."""
+    """Train a per-block temporal router and per-layer retention ratios by matching the dense model's velocity.
+
+    With --causal: for chunk-by-chunk generation, on the causal model's own chunk trajectories (default model: the
+    embedded causal one)."""
     with bad_input():
         from ..outputs import check_writable
         from ..router_training import TrainRouterConfig, checkpoint_step, read_prompts, sampling_config
 
         prompt_list = read_prompts(prompts)
+        causal_flags = dict(chunk_frames=chunk_frames, chunk_steps=chunk_steps, kv_window=kv_window,
+                            sink_frames=sink_frames)
+        given = [f"--{name.replace('_', '-')}" for name, value in causal_flags.items() if value is not None]
+        if given and not causal:
+            raise ValueError(f"{', '.join(given)} only apply with --causal")
         sampling = sampling_config(
             model,
             prompt_list[0] if prompt_list else "-",
             dict(steps=sample_steps, frames=frames, height=height, width=width, guidance=guidance, seed=seed,
                  device=device),
+            causal_flags if causal else None,
         )
+        sampling, causal_config = sampling if causal else (sampling, None)
         config = TrainRouterConfig(
             prompts=prompt_list, out=out, sampling=sampling,
             target_reduction=target_reduction, steps=steps, lr=lr, ratio_lr=ratio_lr, ratio_weight=ratio_weight,
             batch=batch, checkpoint_every=checkpoint_every, seed=sampling.seed,  # --seed, else the preset's, else 0
+            causal=causal_config,
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)
+        from ..config import PruneConfig
         from ..pruning import check_method
 
-        check_method("router", check_model(config.sampling, []).adapter)
+        info = check_model(config.sampling, [])
+        check_method("router", info.adapter)
+        if causal:
+            from ..causal.config import check_causal_run
+
+            check_causal_run(config.sampling, PruneConfig(method="router"), info)
 
     with runtime_failure(verbose):
-        from ..engine import load_pipeline
-
         sampling = config.sampling
-        pipe = load_pipeline(sampling.model, sampling.device, sampling.dtype, setup=sampling)
+        if causal:
+            from ..causal.pipeline import load_causal_pipeline
+
+            pipe = load_causal_pipeline(sampling.model, sampling.device, sampling.dtype)
+        else:
+            from ..engine import load_pipeline
+
+            pipe = load_pipeline(sampling.model, sampling.device, sampling.dtype, setup=sampling)
     warn_unknown_words(pipe, {f"prompt {i + 1}": text for i, text in enumerate(config.prompts)})
     with bad_input():
         from ..pruning.router import check_fits, read_router_meta
@@ -90,7 +122,8 @@ def train_router(
             f"router for reduction {config.target_reduction:g} → {out}",
             [
                 ("optimiser steps", f"{first_step} → {last['step']}"),
-                ("teacher trajectories", f"{len(config.prompts)} × {config.sampling.steps} steps"),
+                ("teacher trajectories", f"{len(config.prompts)} × {config.sampling.steps} steps"
+                                         + (" per chunk" if causal else "")),
                 ("collecting them", f"{result.collect_s:.0f} s"),
                 ("training", f"{result.train_s:.0f} s"),
                 ("velocity MSE (first → last)", f"{result.losses[0]['distill']:.4g} → {last['distill']:.4g}"),

@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from .common import (
+    Causal,
+    ChunkFrames,
+    ChunkSteps,
     Device,
     Dtype,
     Fps,
@@ -16,6 +19,7 @@ from .common import (
     Guidance,
     Height,
     JsonOutput,
+    KvWindow,
     Method,
     Model,
     Preset,
@@ -23,6 +27,7 @@ from .common import (
     Reduction,
     Restore,
     Seed,
+    SinkFrames,
     Steps,
     Verbose,
     Width,
@@ -35,7 +40,8 @@ from .common import (
 from .generate import build_configs
 
 Layer = Annotated[int, typer.Option(help="Transformer block whose mask is drawn (0 = the first).")]
-Step = Annotated[int, typer.Option(help="Denoising step whose mask is drawn (0 = the first, noisiest).")]
+Step = Annotated[int, typer.Option(help="Denoising step whose mask is drawn (0 = the first, noisiest); --causal: "
+                                         "each chunk's step.")]
 Compare = Annotated[Optional[list[str]], typer.Option(help="Another method drawn beside --method; repeatable.")]
 PngPath = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG grid path; the MP4 goes beside it.")]
 
@@ -60,24 +66,45 @@ def visualize_masks(
     dtype: Dtype = None,
     preset: Preset = None,
     out: PngPath = None,
+    causal: Causal = False,
+    chunk_frames: ChunkFrames = None,
+    chunk_steps: ChunkSteps = None,
+    kv_window: KvWindow = None,
+    sink_frames: SinkFrames = None,
     json_output: JsonOutput = False,
     verbose: Verbose = False,
 ) -> None:
     """Draw each method's keep/skip mask at one block and step over its decoded frames (skipped tokens red),
-    side by side as an MP4 and a PNG grid, and print the adjacent-frame IoU of the skipped sets."""
+    side by side as an MP4 and a PNG grid, and print the adjacent-frame IoU of the skipped sets.
+
+    With --causal: generated chunk by chunk; every chunk's mask at its own --step is drawn over its frames."""
     generate_flags = dict(
         prompt=prompt, model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
         seed=seed, fps=fps, device=device, dtype=dtype,
     )
+    causal_flags = dict(chunk_frames=chunk_frames, chunk_steps=chunk_steps, kv_window=kv_window,
+                        sink_frames=sink_frames)
     with bad_input():
         from ..pruning import MERGING
+
+        given = [f"--{name.replace('_', '-')}" for name, value in causal_flags.items() if value is not None]
+        if given and not causal:
+            raise ValueError(f"{', '.join(given)} only apply with --causal")
 
         def prune_flags(name: str | None) -> dict:
             return dict(method=name, reduction=reduction, restore=None if name in MERGING else restore)
 
-        gen, first, _ = build_configs(generate_flags, prune_flags(method), preset)
+        def configs(name: str | None):
+            """(gen, prune, causal or None) for one method."""
+            if not causal:
+                return (*build_configs(generate_flags, prune_flags(name), preset)[:2], None)
+            from .generate_causal import build_causal_configs
+
+            return build_causal_configs(generate_flags, prune_flags(name), causal_flags, preset)[:3]
+
+        gen, first, causal_config = configs(method)
         methods = list(dict.fromkeys([first.method, *(compare or [])]))  # --method, else the preset's, else tape
-        prunes = [first] + [build_configs(generate_flags, prune_flags(name), preset)[1] for name in methods[1:]]
+        prunes = [first] + [configs(name)[1] for name in methods[1:]]
         named = f"vidprune_masks_{'_'.join(methods)}_layer{layer}_step{step}.png"
         png = out or (gen.out.with_suffix(".png") if gen.out else Path(named))  # a preset's generate.out names it too
         if png.suffix.lower() != ".png":
@@ -86,16 +113,26 @@ def visualize_masks(
 
         check_writable(png, png.with_suffix(".mp4"))
 
-    pipe = load_checked_pipeline(gen, prunes, verbose)
+    if causal_config is None:
+        pipe = load_checked_pipeline(gen, prunes, verbose)
+    else:
+        from .generate_causal import causal_loader, check_loaded
+
+        with bad_input():
+            load = causal_loader(causal_config, gen.model)
+        with runtime_failure(verbose):
+            pipe = load(gen)
+        for prune in prunes:
+            check_loaded(pipe, prune)
     with bad_input():
         from ..viz import check_position
 
-        check_position(pipe, gen, layer, step)
+        check_position(pipe, gen, layer, step, causal_config)
 
     with runtime_failure(verbose):
         from ..viz import TokenGeometry, mask_views, write_mask_files
 
-        views = mask_views(pipe, gen, prunes, layer, step)
+        views = mask_views(pipe, gen, prunes, layer, step, causal_config)
         video = write_mask_files(views, png, TokenGeometry.of(pipe), layer, step, gen.fps)
 
     if json_output:

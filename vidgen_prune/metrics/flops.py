@@ -76,6 +76,21 @@ def flop_bound_speedup(num_tokens: int, kept_per_layer: list[int], dim: int, ffn
     return dense / forward_flops(num_tokens, kept_per_layer, dim, ffn_dim, text_tokens)
 
 
+def cached_attention_flops(queries: int, cached_keys: int, dim: int) -> float:
+    """What attending to a causal KV cache adds to one block: QKᵀ and A·V of `queries` tokens against `cached_keys`
+    cached keys, 4·q·C·D (`block_flops` counts the chunk's own keys). Self-Forcing 1.3B's last chunk: 4,680 queries ×
+    28,080 cached keys × 1,536 = 0.81 TFLOP per block against 0.13 among the chunk's own tokens."""
+    return 4.0 * queries * cached_keys * dim
+
+
+def full_width_flops(tokens: int, kept: int, dim: int) -> float:
+    """What a pruned block of a causal context pass adds to `block_flops(kept)`: the keys and values of the
+    `tokens` − `kept` tokens it does not compute (4·(N − K)·D², for the cache) and its kept queries attending to them
+    (4·K·(N − K)·D)."""
+    skipped = tokens - _kept(tokens, kept)
+    return 4.0 * skipped * dim**2 + 4.0 * kept * skipped * dim
+
+
 def restore_flops(mode: str, tokens: int, kept: int, dim: int, tokens_per_frame: int, rematched: bool) -> float:
     """FLOPs restoration adds to one pruned block call (vidgen_prune.pruning.restore).
 

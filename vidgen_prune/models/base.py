@@ -154,6 +154,8 @@ class Profile:
     latent: tuple[int, int, int]  # latent frames, height, width of the model card's default video
     text_tokens: int  # text positions per prompt of the pipeline's default
     pipeline_class: str = ""  # the pipeline the profile stands for, when the family has several
+    # generated chunk by chunk against a KV cache (Self-Forcing); its chunking is the preset of the profile's name
+    causal: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,12 @@ class ModelAdapter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-attention q (B, heads, Sq, d) and k (B, heads, K, d) among the video tokens at `positions` (B, K)
         (all when None); the queries are those at `query_index` (B, Sq) into that subset (all when None)."""
+        raise NotImplementedError
+
+    def self_attention_input(self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None = None):
+        """(normed, rotary): the video tokens at `positions` (B, K) (all when None) as the block's self-attention
+        receives them (its input norm and modulation applied, (B, K, D)) and its rotary tables at those tokens; what
+        code that needs a block's keys and values outside its forward (a causal KV cache) projects."""
         raise NotImplementedError
 
     def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:

@@ -42,6 +42,7 @@ _WAN21_COMMON = dict(
     patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )
+_WAN_1_3B = dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30)
 _WAN_14B = dict(_WAN21_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 WAN21_LATENT = (21, 60, 104)  # 81 frames at 480×832 through Wan2.1's VAE (4× time, 8× space)
 WAN22_A14B_LATENT = (21, 90, 160)  # 81 frames at 720×1280 (the A14B card's default), Wan2.1's VAE
@@ -64,8 +65,10 @@ class WanAdapter(ModelAdapter):
     denoiser_names = ("transformer", "transformer_2")
     blocks_attribute, block_layout = "blocks", WAN_LAYOUT
     profiles = {
-        "wan2.1-1.3b": Profile(dict(_WAN21_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
-                               WAN21_LATENT, 512),
+        "wan2.1-1.3b": Profile(_WAN_1_3B, WAN21_LATENT, 512),
+        # Self-Forcing: a causal Wan2.1-T2V-1.3B, 21 latent frames in 7 chunks of 3 × 1,560 tokens, 4 steps per chunk
+        # (presets/self-forcing-1.3b.yaml), every earlier chunk cached (18 frames before the last chunk)
+        "self-forcing-1.3b": Profile(_WAN_1_3B, WAN21_LATENT, 512, "WanPipeline", causal=True),
         "wan2.1-14b": Profile(_WAN_14B, WAN21_LATENT, 512),
         # Wan2.2-T2V-A14B: two experts of Wan2.1-14B's shape (the bound of one is the bound of both)
         "wan2.2-a14b": Profile(_WAN_14B, WAN22_A14B_LATENT, 512, "WanPipeline"),
@@ -93,13 +96,7 @@ class WanAdapter(ModelAdapter):
     def query_key(
         self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None, query_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["rotary_emb"])
-        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
-        if temb.dim() == 4:
-            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float())[:, :, :2].unbind(2)  # (B, K, D)
-        else:
-            shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
-        normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, K, D)
+        normed, (cos, sin) = self.self_attention_input(block, call, positions)  # (B, K, D)
         attn = block.attn1
         query_tokens, cos_q, sin_q = rows_at(query_index, normed, cos, sin)  # (B, Sq, D), rotary at the queries
         if getattr(attn, "fused_projections", False):  # fused qkv weights: split the projection instead
@@ -112,6 +109,16 @@ class WanAdapter(ModelAdapter):
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))  # (B, K, heads, d)
         query, key = apply_rotary_pairs(query, cos_q, sin_q), apply_rotary_pairs(key, cos, sin)
         return query.transpose(1, 2), key.transpose(1, 2)  # (B, heads, Sq, d), (B, heads, K, d)
+
+    def self_attention_input(self, block: torch.nn.Module, call: BlockCall, positions: torch.Tensor | None = None):
+        hidden_states, cos, sin = rows_at(positions, call.hidden_states, *call.arguments["rotary_emb"])
+        temb = call.arguments["temb"] if positions is None else _gather_temb(call.arguments["temb"], positions)
+        if temb.dim() == 4:
+            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float())[:, :, :2].unbind(2)  # (B, K, D)
+        else:
+            shift, scale = (block.scale_shift_table + temb.float())[:, :2].chunk(2, dim=1)  # (B, 1, D) each
+        normed = (block.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)  # (B, K, D)
+        return normed, (cos, sin)
 
     def block_flops(self, transformer: torch.nn.Module, layer: int, tokens: int, kept: int, text_tokens: int) -> float:
         config = transformer.config

@@ -73,6 +73,10 @@ class PruneController:
         self.record_masks = False
         self.transformer_s, self.grid, self.denoiser = 0.0, None, 0
         self.forced_step: int | None = None
+        self.forced_num_steps: int | None = None
+        # called before every block call as observer(layer, block, call, plan) (plan None: the block runs dense): what
+        # code outside the pruner needs at a block, e.g. causal generation's full-width keys/values for its KV cache
+        self.block_observers: list = []
         self.begin()
 
     def begin(self, num_steps: int | None = None, record_masks: bool | None = None) -> None:
@@ -90,10 +94,13 @@ class PruneController:
         """The pipeline call is over: the log stays readable; the next forward counts from step 0 again."""
         self.step, self._last_timestep = -1, None
 
-    def set_step(self, step: int | None) -> None:
+    def set_step(self, step: int | None, num_steps: int | None = None) -> None:
         """Drive the step counter by hand: every forward until the next call runs as step `step` (a sampler that
-        knows its step, a dry run on the meta device that has no timestep values); None: count timestep changes."""
-        self.forced_step = step
+        knows its step, a dry run on the meta device that has no timestep values); None: count timestep changes.
+        `num_steps`: the length of the schedule the pruner sees for those forwards (None: the generation's, from
+        `begin`), for a sampler whose calls follow schedules of their own (causal chunks); a step past a schedule's
+        end runs as its last step, and the log counts it under `step` itself."""
+        self.forced_step, self.forced_num_steps = step, num_steps
 
     def start_forward(self, denoiser: int, args: tuple, kwargs: dict) -> None:
         if self.forced_step is not None:
@@ -111,10 +118,11 @@ class PruneController:
         self.log.dense_flops += sum(self.adapter.block_flops(transformer, layer, tokens, tokens, self.text_tokens)
                                     for layer in range(self.num_layers))
         batch = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[0]
+        num_steps = self.forced_num_steps or self.num_steps
         self.pruner.start_forward(
             ForwardInfo(
-                step=min(self.step, self.num_steps - 1),
-                num_steps=self.num_steps,
+                step=min(self.step, num_steps - 1),
+                num_steps=num_steps,
                 grid=self.grid,
                 batch=batch,
                 num_layers=self.num_layers,
@@ -130,6 +138,8 @@ class PruneController:
         hidden_states = call.hidden_states  # (B, N, D)
         tokens = hidden_states.shape[1]
         self._account(layer, tokens if plan is None else plan.kept, tokens, plan)
+        for observe in self.block_observers:
+            observe(layer, block, call, plan)
         if plan is None:
             return original_forward(*args, **kwargs)
         restoring = self.restorer.enabled and plan.passes_through
