@@ -13,6 +13,7 @@ from .common import (
     Guidance,
     Height,
     Model,
+    Restore,
     Seed,
     Width,
     bad_input,
@@ -42,6 +43,10 @@ def train_router(
     width: Width = None,
     guidance: Guidance = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints.")] = 25,
+    objective: Annotated[
+        str, typer.Option(help="pass: match each CFG pass's velocity; guided: the velocity the sampler steps with.")
+    ] = "pass",
+    restore: Restore = None,
     seed: Seed = None,
     device: Device = None,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Tracebacks and library logs."),
@@ -62,6 +67,7 @@ def train_router(
             prompts=prompt_list, out=out, sampling=sampling,
             target_reduction=target_reduction, steps=steps, lr=lr, ratio_lr=ratio_lr, ratio_weight=ratio_weight,
             batch=batch, checkpoint_every=checkpoint_every, seed=sampling.seed,  # --seed, else the preset's, else 0
+            objective=objective, restore=restore or "none",
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)
