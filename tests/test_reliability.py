@@ -511,7 +511,7 @@ def test_every_preset_key_reaches_generate(engine_stub, tiny_model_dir, tmp_path
 def test_every_preset_key_reaches_visualize_masks(engine_stub, monkeypatch, tiny_model_dir, tmp_path, key):
     pngs = []
 
-    def views(pipe, gen, prunes, layer, step):
+    def views(pipe, gen, prunes, layer, step, causal=None):
         engine_stub.append((gen, prunes[0]))
         return []
 
@@ -578,7 +578,7 @@ def test_every_preset_generate_key_reaches_train_router(monkeypatch, tiny_model_
 
     value, companions = _value_for(key, tmp_path, tiny_model_dir)
     preset = _write_preset(tmp_path, key, value, companions)
-    monkeypatch.setattr("vidgen_prune.presets.default_preset", lambda model: str(preset))
+    monkeypatch.setattr("vidgen_prune.presets.default_preset", lambda model, causal=False: str(preset))
     monkeypatch.setattr("vidgen_prune.engine.load_pipeline", lambda *a, **k: STAND_IN_PIPELINE)
     monkeypatch.setattr("vidgen_prune.commands.train_router._train_with_progress", record)
     prompts = tmp_path / "train.txt"

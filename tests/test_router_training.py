@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,57 @@ def test_evaluate_compares_router_untrained_router_and_tape_at_one_budget(tiny_p
         assert figures["kept_fraction"] == pytest.approx(0.7, abs=0.02) and figures["psnr"] > 0
     # a router that never trained is its own untrained baseline: the same video
     assert summary["router"]["psnr"] == summary["untrained router"]["psnr"]
+
+
+def test_fitted_mix_reads_the_guidance_scale_and_refuses_a_non_linear_mix():
+    from vidgen_prune.router_training import fitted_mix
+
+    generator = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 4, 3, 8, 8, generator=generator)
+    mix = fitted_mix(torch.stack([cond, uncond]), uncond + 5.0 * (cond - uncond))
+    assert mix.tolist() == pytest.approx([5.0, -4.0], abs=1e-5)
+    rescaled = (uncond + 5.0 * (cond - uncond)) * cond.abs()  # a mix that no fixed weights reproduce
+    with pytest.raises(ValueError, match="not a fixed mix of the transformer passes"):
+        fitted_mix(torch.stack([cond, uncond]), rescaled)
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_guided_trajectories_record_the_samplers_velocity_as_the_pipelines_cfg_mix(tiny_pipe, guidance):
+    from dataclasses import replace
+
+    from vidgen_prune.router_training import collect_trajectories
+
+    sampling = replace(small_config(tiny_pipe.config._name_or_path, Path("unused"), 1).sampling, guidance=guidance)
+    trajectories = collect_trajectories(tiny_pipe, PROMPTS[:1], sampling, 0, lambda done: None, guided=True)
+    passes = 2 if guidance > 1.0 else 1  # at guidance 1 the pipeline runs the cond pass alone
+    expected = [guidance, 1.0 - guidance] if passes == 2 else [1.0]
+    for step in range(sampling.steps):
+        guided, calls = trajectories.guided[0][step], trajectories.calls[0][step]
+        assert len(calls) == passes and guided.mix.tolist() == pytest.approx(expected, abs=1e-4)
+        mix, target = trajectories.guided_batch([0], step)
+        assert mix.shape == (1, passes) and torch.equal(target[0], guided.velocity)
+    assert tiny_pipe.scheduler.step.__func__ is type(tiny_pipe.scheduler).step  # the recording hook is gone
+
+
+def test_guided_objective_with_restoration_trains_and_is_recorded(tiny_pipe, tmp_path):
+    from dataclasses import replace
+
+    config = replace(small_config(tiny_pipe.config._name_or_path, tmp_path / "router", 2), objective="guided",
+                     restore="similar")
+    result = train_router(tiny_pipe, config)
+    assert all(row["distill"] > 0 for row in result.losses)
+    training = yaml.safe_load((tmp_path / "router" / "router.yaml").read_text())["training"]
+    assert training["objective"] == "guided" and training["restore"] == "similar"
+    with pytest.raises(ValueError, match=r"other settings \(objective\)"):  # resuming asks for the same objective
+        train_router(tiny_pipe, replace(config, objective="pass", steps=3))
+
+
+def test_a_checkpoint_from_before_objective_and_restore_resumes_as_pass_without_restoration(tiny_pipe, tmp_path):
+    from vidgen_prune.router_training import checkpoint_step
+
+    out = tmp_path / "router"
+    train_router(tiny_pipe, small_config(tiny_pipe.config._name_or_path, out, 2))
+    meta = yaml.safe_load((out / "router.yaml").read_text())
+    del meta["training"]["objective"], meta["training"]["restore"]  # as written before the two settings existed
+    (out / "router.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    assert checkpoint_step(small_config(tiny_pipe.config._name_or_path, out, 3)) == 2

@@ -98,6 +98,8 @@ class BenchSpec:
     e2e: bool = False  # profile: add a real-size random-weight VAE decode
     causal: CausalConfig | None = None  # chunk by chunk against a KV cache (--causal; a causal profile's own)
     router: str | None = None  # the router folder of the `router` entries; None: the model's shipped one
+    shard: tuple[int, int] | None = None  # (i, n): only the i-th of every n prompt × seed groups (1-based), for
+    # splitting one bench over processes; `merge_folders` joins their folders into the whole bench
 
     def __post_init__(self):
         entries = [MethodEntry.parse(method) for method in self.methods]
@@ -113,6 +115,8 @@ class BenchSpec:
             raise ValueError(f"--seeds must be distinct and at least one, got {self.seeds}")
         for seed in self.seeds:
             check_seed(seed, "--seeds")
+        if self.shard is not None and (len(self.shard) != 2 or not 1 <= self.shard[0] <= self.shard[1]):
+            raise ValueError(f"--shard is I/N with 1 <= I <= N, got {'/'.join(map(str, self.shard))}")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"--warmup must be >= 0 and --repeats >= 1, got {self.warmup} and {self.repeats}")
         unknown = set(self.metrics) - set(METRIC_GROUPS)
@@ -136,7 +140,12 @@ class BenchSpec:
                 raise ValueError("--e2e belongs to --profile (a quality bench always decodes)")
             if not self.prompts:
                 raise ValueError("a quality bench needs at least one prompt")
+            if self.shard is not None and self.shard[1] > len(self.prompts) * len(self.seeds):
+                raise ValueError(f"--shard {self.shard[0]}/{self.shard[1]}: the bench has only "
+                                 f"{len(self.prompts) * len(self.seeds)} prompt × seed groups to share out")
             return
+        if self.shard is not None:
+            raise ValueError("--shard shares out a quality bench's prompts and seeds; a --profile bench has none")
         if self.profile not in profiles():
             raise ValueError(f"unknown --profile {self.profile!r}; choose from {', '.join(profiles())}")
         if self.gen.device == "meta" and (self.compile or self.e2e):
@@ -188,6 +197,8 @@ class BenchSpec:
         groups = [("", seed) for seed in self.seeds[:1]] if self.profile else [
             (prompt, seed) for prompt in self.prompts for seed in self.seeds
         ]
+        if self.shard is not None:
+            groups = groups[self.shard[0] - 1 :: self.shard[1]]
         keys = []
         for prompt, seed in groups:
             keys.append(RunKey("dense", None, prompt, seed))
@@ -199,7 +210,8 @@ class BenchSpec:
         return keys
 
     def fingerprint(self) -> str:
-        """What makes two benches' records comparable: everything but the lists of runs and the repeat counts."""
+        """What makes two benches' records comparable: everything but the lists of runs (and the shard) and the
+        repeat counts."""
         settings = {
             "gen": {k: v for k, v in asdict(self.gen).items() if k not in ("prompt", "seed", "out", "fps")},
             "prune": {k: v for k, v in asdict(self.prune).items() if k not in ("method", "reduction", "cache")},
@@ -309,7 +321,7 @@ def make_spec(spec_file: Path | None, lists: dict, generate_flags: dict, prune_f
     gen = GenerateConfig(**{**gen_values, "prompt": prompts[0] if prompts else "profile"})
     prune = PruneConfig(**prune_values)
     check_kernels(prune, gen.device)
-    for key in ("methods", "reductions", "seeds", "metrics", "profile_latent"):
+    for key in ("methods", "reductions", "seeds", "metrics", "profile_latent", "shard"):
         if key in values:
             values[key] = tuple(values[key])
     return BenchSpec(gen=gen, prune=prune, **{**values, "prompts": prompts})
@@ -465,14 +477,7 @@ class Bench:
 
         check_writable(self.json_path)
         if self.json_path.exists():
-            try:
-                saved = json.loads(self.json_path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ValueError(f"cannot resume from {self.json_path}: {error}") from error
-            if saved.get("fingerprint") != self.spec.fingerprint():
-                raise ValueError(f"{self.json_path} holds a bench with other settings; use another --out")
-            self.records = {RunKey(r["method"], r["reduction"], r["prompt"] or "", r["seed"]).id: r
-                            for r in saved.get("records", [])}
+            self.records = saved_records(self.json_path, self.spec, "use another --out")
 
     def run(self, pipe=None) -> BenchResult:
         """Run every record missing from the JSON. `pipe`: the loaded pipeline (quality mode) or None (profile)."""
@@ -714,6 +719,42 @@ class Bench:
                              f"{key.method} r={key.reduction:g}")
 
 
+def saved_records(path: Path, spec: BenchSpec, remedy: str) -> dict[str, dict]:
+    """The records of the bench.json at `path` by run id; ValueError (ending with `remedy`) when it is unreadable or
+    holds a bench with other settings than `spec`."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    if saved.get("fingerprint") != spec.fingerprint():
+        raise ValueError(f"{path} holds a bench with other settings; {remedy}")
+    return {RunKey(r["method"], r["reduction"], r["prompt"] or "", r["seed"]).id: r for r in saved.get("records", [])}
+
+
+def merged_records(spec: BenchSpec, folders: list[Path]) -> dict[str, dict]:
+    """The records of bench `spec` from folders that each ran part of it (`--shard`, or any split of its prompts and
+    seeds), by run id. Every run of `spec` must be in exactly one folder, each folder's bench of the same settings;
+    ValueError otherwise. `Bench(spec, out)` with these records then writes the whole bench (`Bench.finish`)."""
+    records: dict[str, dict] = {}
+    for folder in folders:
+        path = Path(folder) / "bench.json"
+        if not path.is_file():
+            raise ValueError(f"--merge: {folder} holds no bench.json")
+        for run_id, record in saved_records(path, spec, "merge the folders of benches of this spec").items():
+            if run_id in records:
+                raise ValueError(f"--merge: run {run_id!r} is in more than one folder")
+            records[run_id] = record
+    wanted = [key.id for key in spec.runs()]
+    missing, foreign = [key for key in wanted if key not in records], sorted(set(records) - set(wanted))
+    if missing:
+        raise ValueError(f"--merge: the folders lack {len(missing)} of the spec's {len(wanted)} runs (first: "
+                         f"{missing[0]!r}); resume the bench that stopped")
+    if foreign:
+        raise ValueError(f"--merge: the folders hold {len(foreign)} runs the spec does not list (first: "
+                         f"{foreign[0]!r})")
+    return records
+
+
 def _blocks(transformer):
     from .models import adapter_for
 
@@ -787,7 +828,7 @@ def bench_header(spec: BenchSpec) -> dict:
             "methods": list(spec.methods), "reductions": list(spec.reductions), "prompts": list(spec.prompts),
             "seeds": list(spec.seeds), "warmup": spec.warmup, "repeats": spec.repeats, "metrics": list(spec.metrics),
             "profile": spec.profile, "profile_latent": list(spec.latent) if spec.profile else None,
-            "compile": spec.compile,
+            "compile": spec.compile, "shard": list(spec.shard) if spec.shard else None,
             "e2e": spec.e2e, "generate": asdict(spec.gen), "prune": asdict(spec.prune),
             "causal": asdict(spec.causal) if spec.causal else None, "router": spec.router,
         },
@@ -827,26 +868,123 @@ def table_rows(aggregates: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [title for _, title in columns], [[cell(row, name) for name, _ in columns] for row in aggregates]
 
 
+# ------------------------------------------------------------------------------------------- paired comparisons
+
+PAIRED_FIELDS = ("method", "reduction", "restore", "pairs", "psnr", "delta_none", "wins_none", "delta_tome",
+                 "wins_tome", "tde", "warp_ratio", "mask_iou")
+PAIRED_COLUMNS = (("method", "method"), ("reduction", "r"), ("restore", "restore"), ("pairs", "pairs"),
+                  ("psnr", "PSNR"), ("delta_none", "Δ vs none"), ("wins_none", "wins"), ("delta_tome", "Δ vs ToMe"),
+                  ("wins_tome", "wins"), ("tde", "TDE"), ("warp_ratio", "warp"), ("mask_iou", "IoU"))
+PAIRED_BASELINE = "tome"  # merging: every token gets an update, the bar restoration has to reach
+
+
+def paired_comparisons(records: list[dict]) -> list[dict]:
+    """Restoration against none, and every token-skipping variant against ToMe, paired over prompt × seed.
+
+    One row per skip pruner × reduction × restoration (cache-free quality runs), for the pruners and reductions the
+    bench ran with two or more restorations or beside ToMe: the mean PSNR; the mean PSNR difference to the same pruner
+    without restoration (`delta_none`) and to ToMe at that reduction (`delta_tome`), each over the pairs both ran, with
+    `wins_*` = the pairs where this variant has the higher PSNR; and the means of TDE, warp ratio and mask IoU. Empty
+    when the bench has no such pair.
+    """
+    from .pruning.restore import RESTORES
+
+    by_variant: dict[tuple, dict[tuple, dict]] = {}
+    for record in records:
+        if record["cache"] is None and record["pruner"] != "dense" and record.get("psnr") is not None:
+            variant = (record["pruner"], record["reduction"], record["restore"])
+            by_variant.setdefault(variant, {})[(record["prompt"], record["seed"])] = record
+    rows = []
+    for pruner, reduction in dict.fromkeys((p, r) for p, r, _ in by_variant if p not in MERGING):
+        restores = [restore for restore in RESTORES if (pruner, reduction, restore) in by_variant]
+        baseline = by_variant.get((PAIRED_BASELINE, reduction, "none"))
+        if len(restores) < 2 and baseline is None:
+            continue
+        plain = by_variant.get((pruner, reduction, "none"))
+        for restore in restores:
+            runs = by_variant[(pruner, reduction, restore)]
+            row = {"method": pruner, "reduction": reduction, "restore": restore, "pairs": len(runs),
+                   **{name: _mean_of(runs.values(), name) for name in ("psnr", "tde", "warp_ratio", "mask_iou")}}
+            for suffix, other in (("none", plain if restore != "none" else None), ("tome", baseline)):
+                row[f"delta_{suffix}"], row[f"wins_{suffix}"] = _paired_psnr(runs, other)
+            rows.append(row)
+    return rows
+
+
+def best_against_baseline(rows: list[dict]) -> list[dict]:
+    """Per reduction, the paired row with the highest mean PSNR and how it fares against ToMe."""
+    best: dict[float, dict] = {}
+    for row in rows:
+        if row["reduction"] not in best or row["psnr"] > best[row["reduction"]]["psnr"]:
+            best[row["reduction"]] = row
+    return list(best.values())
+
+
+def _paired_psnr(runs: dict[tuple, dict], other: dict[tuple, dict] | None) -> tuple[float | None, str | None]:
+    """Mean PSNR difference runs − other over the prompt × seed pairs both hold, and 'wins/pairs'."""
+    shared = [pair for pair in runs if other is not None and pair in other]
+    if not shared:
+        return None, None
+    deltas = [runs[pair]["psnr"] - other[pair]["psnr"] for pair in shared]
+    return statistics.fmean(deltas), f"{sum(delta > 0 for delta in deltas)}/{len(deltas)}"
+
+
+def _mean_of(records, name: str) -> float | None:
+    values = [record[name] for record in records if record.get(name) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def paired_table_rows(rows: list[dict], columns: tuple[tuple[str, str], ...] = PAIRED_COLUMNS):
+    """Header and formatted cells of the paired-comparison table (`columns`: (field, title) pairs)."""
+    formats = {"psnr": ".2f", "delta_none": "+.2f", "delta_tome": "+.2f", "tde": ".4f", "warp_ratio": ".3f",
+               "mask_iou": ".3f", "reduction": "g"}
+
+    def cell(row: dict, name: str) -> str:
+        value = row.get(name)
+        return "—" if value is None else format(value, formats[name]) if name in formats else str(value)
+
+    return [title for _, title in columns], [[cell(row, name) for name, _ in columns] for row in rows]
+
+
+def paired_markdown(rows: list[dict]) -> str:
+    """paired.md: the paired table, then per reduction the best variant against ToMe."""
+    best_columns = tuple(column for column in PAIRED_COLUMNS
+                         if column[0] in ("method", "reduction", "restore", "pairs", "psnr", "delta_tome", "wins_tome"))
+    return "\n".join([
+        _markdown_table(*paired_table_rows(rows)), "", "Best variant per reduction against ToMe:", "",
+        _markdown_table(*paired_table_rows(best_against_baseline(rows), best_columns)),
+    ]) + "\n"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def write_outputs(result: BenchResult, spec: BenchSpec, out_dir: Path) -> dict[str, Path]:
-    """bench.json (records + aggregates), runs.csv, summary.csv, summary.md and speedup_vs_fidelity.png, as one
-    group: all of them reach the folder or none does (bench.json last, as it is what a resume reads)."""
+    """bench.json (records + aggregates + paired), runs.csv, summary.csv, summary.md, speedup_vs_fidelity.png and,
+    when the bench has restoration or ToMe pairs, paired.csv and paired.md, as one group: all of them reach the
+    folder or none does (bench.json last, as it is what a resume reads)."""
     from .outputs import atomic_files, write_json_to, writing
 
+    paired = paired_comparisons(result.records)
     names = ["runs.csv", "summary.csv", "summary.md"] + (["speedup_vs_fidelity.png"] if result.aggregates else [])
+    names += ["paired.csv", "paired.md"] if paired else []
     files = {name: out_dir / name for name in [*names, "bench.json"]}
     with atomic_files(*files.values()) as partials:
         partial = dict(zip(files, partials))
         _write_csv(partial["runs.csv"], RUN_FIELDS, result.records)
         _write_csv(partial["summary.csv"], AGGREGATE_FIELDS, result.aggregates)
-        header, rows = table_rows(result.aggregates)
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-            "| " + " | ".join(r) + " |" for r in rows
-        ]
         with writing(partial["summary.md"]):
-            partial["summary.md"].write_text("\n".join(lines) + "\n")
+            partial["summary.md"].write_text(_markdown_table(*table_rows(result.aggregates)) + "\n")
+        if paired:
+            _write_csv(partial["paired.csv"], PAIRED_FIELDS, paired)
+            with writing(partial["paired.md"]):
+                partial["paired.md"].write_text(paired_markdown(paired))
         if result.aggregates:
             plot(result.aggregates, partial["speedup_vs_fidelity.png"], profile=spec.profile is not None)
-        write_json_to(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates},
+        extra = {"paired": paired} if paired else {}
+        write_json_to(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates} | extra,
                       partial["bench.json"], allow_nan=BENCH_JSON_NAN)
     return {("plot" if name.endswith(".png") else name): path for name, path in files.items()}
 

@@ -9,9 +9,14 @@ Training data needs no videos:
    embedding, and whatever else the family passes: masks, grid sizes) and its velocity. Those are exactly the
    states the pruned model meets at inference, and the dense velocities are the targets.
 2. Distillation: each optimiser step takes one denoising step s and `batch` prompts (both CFG passes of
-   each), runs the transformer with the router pruner at step s (bin interpolation, router gates), and
-   minimises MSE(pruned velocity, dense velocity) + ratio_weight · L_ratio. The transformer is frozen; only
-   the routers and the per-layer ratios train.
+   each), runs the transformer with the router pruner at step s (bin interpolation, router gates, and the
+   restoration of skipped tokens the router will run with, `restore`), and minimises the distillation loss +
+   ratio_weight · L_ratio. The transformer is frozen; only the routers and the per-layer ratios train.
+   `objective` picks the distillation loss: "pass" matches each CFG pass's velocity; "guided" matches the
+   velocity the sampler steps with (cond and uncond mixed by the guidance scale), which is what the video
+   follows: with guidance g it weighs the cond pass's error g² and lets errors both passes share cancel. The
+   mix is read from the pipeline, not assumed: the dense run records what reaches `scheduler.step`, and the
+   weights that make that velocity from the step's passes are fitted by least squares (Wan at g = 5: 5, −4).
 Each step's random choices come from (seed, step) alone and the optimiser state is checkpointed, so a run
 resumed from a checkpoint ends exactly where an uninterrupted one does.
 
@@ -49,6 +54,10 @@ from .pruning.router import (
 
 STATE_FILE, LOSSES_FILE, PLOT_FILE = "train_state.safetensors", "losses.csv", "loss.png"
 LOSS_COLUMNS = ("step", "distill", "ratio", "mean_ratio", "elapsed_s")
+OBJECTIVES = ("pass", "guided")
+# settings a checkpoint written before they existed was trained with (its router.yaml does not name them)
+SETTINGS_BEFORE_NAMED = {"objective": "pass", "restore": "none"}
+MIX_TOLERANCE = 1e-3  # relative residual of the fitted CFG mix: float32 rounding is ~1e-6, a non-linear mix far more
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class TrainRouterConfig:
     checkpoint_every: int = 25
     seed: int = 0
     causal: object | None = None  # a causal.config.CausalConfig: teach on the causal model's own chunk trajectories
+    objective: str = "pass"  # pass: each CFG pass's velocity; guided: the velocity the sampler steps with
+    restore: str = "none"  # skipped tokens' update while training (the restoration the router will run with)
 
     def __post_init__(self):
         check_finite(self)
@@ -88,6 +99,14 @@ class TrainRouterConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out is a file, not a folder: {self.out}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "guided" and self.causal is not None:  # the chunk sampler steps without a scheduler
+            raise ValueError("--objective guided reads the pipeline's scheduler; with --causal use --objective pass")
+        from .pruning.restore import RESTORES
+
+        if self.restore not in RESTORES:
+            raise ValueError(f"unknown --restore {self.restore!r}; choose from {', '.join(RESTORES)}")
 
     def settings(self) -> dict:
         """What a resumed run must share with the checkpoint it continues (`steps` may grow)."""
@@ -106,6 +125,8 @@ class TrainRouterConfig:
             "guidance": sampling.guidance,
             "prompts": len(self.prompts),
             "prompts_sha256": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16],
+            "objective": self.objective,
+            "restore": self.restore,
         } | ({"causal": asdict(self.causal)} if self.causal is not None else {})
 
 
@@ -148,7 +169,8 @@ def checkpoint_step(config: TrainRouterConfig) -> int:
         return 0
     meta = read_router_meta(config.out)
     trained = meta.get("training", {})
-    different = [key for key, value in config.settings().items() if trained.get(key) != value]
+    different = [key for key, value in config.settings().items()
+                 if trained.get(key, SETTINGS_BEFORE_NAMED.get(key)) != value]
     spec = meta["router"]
     different += [key for key in ("hidden", "kernel") if spec[key] != getattr(config, key)]
     if different:
@@ -172,11 +194,18 @@ class TeacherCall:
 
 
 @dataclass
+class GuidedStep:
+    velocity: torch.Tensor  # what the sampler stepped with for the prompt, shaped like one sample's velocity
+    mix: torch.Tensor  # (S,) weights: velocity = Σ mix[i] · (the step's sample i)
+
+
+@dataclass
 class Trajectories:
     """The teacher of a pipeline's generations; `replay` runs one of its steps through the (pruned) transformer."""
 
     calls: list[list[list[TeacherCall]]]  # [prompt][step] → the step's samples (cond and uncond, in whatever calls)
     grid: dict = field(default_factory=dict)  # latent token grid: frames, height, width
+    guided: list[list[GuidedStep]] = field(default_factory=list)  # [prompt][step]
 
     @property
     def count(self) -> int:
@@ -202,12 +231,34 @@ class Trajectories:
                   for name, value in first.inputs.items()}  # (B, ...) each batched tensor
         return inputs | {"return_dict": False}, torch.stack([call.velocity for call in calls])
 
+    def guided_batch(self, prompts: list[int], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixing matrix (P, B) from the rows of `batch(prompts, step)` to each prompt's guided velocity, and
+        the dense guided velocities (P, ...)."""
+        steps = [self.guided[prompt][step] for prompt in prompts]
+        mix = torch.block_diag(*[guided.mix[None, :] for guided in steps])  # (P, B)
+        return mix, torch.stack([guided.velocity for guided in steps])
+
+
+def fitted_mix(samples: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """(S,) weights w with guided ≈ Σ w[i]·samples[i] (least squares; samples (S, ...), guided (...)); ValueError
+    when no fixed linear mix reproduces it (a guidance rescale or a guidance that changes the passes)."""
+    basis = samples.flatten(1).double().T  # (E, S)
+    target = guided.flatten().double()  # (E,)
+    weights = torch.linalg.lstsq(basis, target[:, None]).solution[:, 0]  # (S,)
+    residual = float((basis @ weights - target).norm() / target.norm().clamp(min=1e-12))
+    if residual > MIX_TOLERANCE:
+        raise ValueError(f"--objective guided: the sampler's velocity is not a fixed mix of the transformer passes "
+                         f"(relative residual {residual:.2g}); use --objective pass")
+    return weights.float()
+
 
 @torch.no_grad()
 def collect_trajectories(
-    pipe, prompts: tuple[str, ...], sampling: GenerateConfig, seed: int, on_prompt: Callable[[int], None]
+    pipe, prompts: tuple[str, ...], sampling: GenerateConfig, seed: int, on_prompt: Callable[[int], None],
+    guided: bool = False,
 ) -> Trajectories:
-    """Generate every prompt densely (seed + its index) and record every transformer call (module docstring)."""
+    """Generate every prompt densely (seed + its index) and record every transformer call (module docstring);
+    `guided`: also each step's guided velocity and its mix of the passes."""
     from dataclasses import replace
 
     from .config import PruneConfig
@@ -228,10 +279,22 @@ def collect_trajectories(
             inputs = {name: value[row].clone() if name in batched else value for name, value in given.items()}
             trajectories.calls[-1][-1].append(TeacherCall(inputs, batched, output[0][row].clone()))
 
+    scheduler_step = pipe.scheduler.step
+
+    def record_guided(model_output, *args, **kwargs):
+        """The velocity the sampler steps with (one prompt: batch 1), against the step's recorded samples."""
+        samples = torch.stack([call.velocity for call in trajectories.calls[-1][-1]])  # (S, ...)
+        velocity = model_output[0].detach().clone()
+        trajectories.guided[-1].append(GuidedStep(velocity, fitted_mix(samples, velocity)))
+        return scheduler_step(model_output, *args, **kwargs)
+
     handle = transformer.register_forward_hook(record, with_kwargs=True)
+    if guided:
+        pipe.scheduler.step = record_guided  # an instance attribute over the class's method, deleted below
     try:
         for index, prompt in enumerate(prompts):
             trajectories.calls.append([[]])
+            trajectories.guided.append([])
             # each finished step opens the next step's list; the one opened after the last step is dropped
             generate(pipe, replace(sampling, prompt=prompt, seed=seed + index), PruneConfig(method="dense"),
                      on_step=lambda done, total: trajectories.calls[-1].append([]), decode=False)
@@ -239,6 +302,8 @@ def collect_trajectories(
             on_prompt(index + 1)
     finally:
         handle.remove()
+        if guided:
+            del pipe.scheduler.step
     return trajectories
 
 
@@ -295,7 +360,8 @@ def train_router(
         on_collect(done, len(config.prompts))
 
     if config.causal is None:
-        trajectories = collect_trajectories(pipe, config.prompts, config.sampling, config.seed, on_prompt)
+        trajectories = collect_trajectories(pipe, config.prompts, config.sampling, config.seed, on_prompt,
+                                            guided=config.objective == "guided")
     else:
         from .causal.trajectories import collect_causal_trajectories
 
@@ -310,7 +376,8 @@ def train_router(
         "training": config.settings(),
     }
 
-    pruner = RouterPruner(PruneConfig(method="router", reduction=config.target_reduction), net=net.train(), meta=meta)
+    pruner = RouterPruner(PruneConfig(method="router", reduction=config.target_reduction, restore=config.restore),
+                          net=net.train(), meta=meta)
     controller = apply_pruner(transformer, pruner, kernels="torch")
     target_retention = 1.0 - config.target_reduction
     start = time.perf_counter()
@@ -322,7 +389,7 @@ def train_router(
                 drawn = int(rng.integers(trajectories.count))  # a denoising step (causal: a chunk call)
                 prompts = rng.choice(len(config.prompts), size=config.batch, replace=False).tolist()
                 velocity, target = trajectories.replay(transformer, controller, pruner, prompts, drawn)
-                distill = torch.nn.functional.mse_loss(velocity.float(), target.float())
+                distill = distillation_loss(velocity, target, trajectories, prompts, drawn, config.objective)
                 ratio = net.ratio_loss(target_retention)
                 optimizer.zero_grad(set_to_none=True)
                 net.layer_ratios.grad = None
@@ -345,6 +412,17 @@ def train_router(
     with atomic_files(config.out / PLOT_FILE) as (plot_partial,):  # ~1 s: once, not at every checkpoint
         plot_losses(losses, plot_partial)
     return TrainResult(net.eval(), first_step, losses, collect_s, time.perf_counter() - start)
+
+
+def distillation_loss(velocity: torch.Tensor, target: torch.Tensor, trajectories: Trajectories, prompts: list[int],
+                      step: int, objective: str) -> torch.Tensor:
+    """MSE of the pruned velocities (B, ...) against the dense ones, per pass or of the guided mix. The guided MSE is
+    divided by Σ w² of the mix, so that errors independent between the passes weigh as they do per pass."""
+    if objective == "pass":
+        return torch.nn.functional.mse_loss(velocity.float(), target.float())
+    mix, guided = trajectories.guided_batch(prompts, step)  # (P, B), (P, ...)
+    mixed = torch.tensordot(mix.to(velocity.device), velocity.float(), dims=1)  # (P, ...)
+    return torch.nn.functional.mse_loss(mixed, guided.to(velocity.device).float()) / mix.square().sum(1).mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -435,11 +513,13 @@ def plot_losses(losses: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateConfig, reduction: float) -> dict:
+def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateConfig, reduction: float,
+             restore: str | None = None) -> dict:
     """PSNR against the dense video of the same seed, kept fraction and transformer time, per method.
 
     "untrained" is the router a `train-router` run with the checkpoint's seed starts from (step 0): the
-    same architecture, the alternating ratio initialisation and the same budget calibration.
+    same architecture, the alternating ratio initialisation and the same budget calibration. All three run with
+    the same restoration of skipped tokens: `restore`, or the one the router was trained with.
     """
     import tempfile
     from dataclasses import replace
@@ -452,6 +532,7 @@ def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateCon
     from .pruning.router import load_router
 
     trained, meta = load_router(router)
+    restore = restore or meta.get("training", {}).get("restore", "none")
     preset_name = default_preset(sampling.model)
     preset = load_preset(preset_name) if preset_name else None
     with tempfile.TemporaryDirectory() as scratch:
@@ -459,9 +540,11 @@ def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateCon
         untrained = RouterNet.seeded(meta.get("training", {}).get("seed", 0), **trained.spec)
         save_router(untrained, untrained_dir, {**meta, "step": 0})
         methods = {
-            "router": PruneConfig(method="router", reduction=reduction, router=str(router)),
-            "untrained router": PruneConfig(method="router", reduction=reduction, router=str(untrained_dir)),
-            "tape": PruneConfig(**merged("prune", preset, {"method": "tape", "reduction": reduction})),
+            "router": PruneConfig(method="router", reduction=reduction, router=str(router), restore=restore),
+            "untrained router": PruneConfig(method="router", reduction=reduction, router=str(untrained_dir),
+                                            restore=restore),
+            "tape": PruneConfig(**merged("prune", preset, {"method": "tape", "reduction": reduction,
+                                                           "restore": restore})),
         }
         for config in methods.values():
             check_pruner(config, pipe.transformer)
@@ -491,6 +574,7 @@ def evaluate(pipe, router: Path, prompts: tuple[str, ...], sampling: GenerateCon
     return {
         "router": str(router),
         "reduction": reduction,
+        "restore": restore,
         "prompts": list(prompts),
         "generate": {key: value for key, value in asdict(sampling).items() if key not in ("prompt", "out")},
         "summary": summary,
@@ -514,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--prompts", type=int, default=4, help="how many held-out prompts of the embedded model")
     run.add_argument("--prompts-file", type=Path, default=None, help="prompts for another model, one a line")
     run.add_argument("--reduction", type=float, default=0.3)
+    run.add_argument("--restore", default=None, help="restoration of all three (default: the router's training one)")
     run.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's preset)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=None)
@@ -526,9 +611,10 @@ def main(argv: list[str] | None = None) -> None:
     prompts = read_prompts(args.prompts_file) if args.prompts_file else HELD_OUT_PROMPTS[: args.prompts]
     sampling = sampling_config(args.model, prompts[0], {"steps": args.steps, "seed": args.seed})
     pipe = load_pipeline(sampling.model)
-    report = evaluate(pipe, args.router or DEFAULT_ROUTER_DIR, prompts, sampling, args.reduction)
+    report = evaluate(pipe, args.router or DEFAULT_ROUTER_DIR, prompts, sampling, args.reduction, args.restore)
     table = Table(
-        title=f"{len(prompts)} prompts, reduction {args.reduction:g}, {sampling.steps} steps, seed {args.seed}"
+        title=f"{len(prompts)} prompts, reduction {args.reduction:g}, restore {report['restore']}, "
+              f"{sampling.steps} steps, seed {args.seed}"
     )
     for column in ("method", "PSNR vs dense (dB)", "kept fraction", "transformer s (dense)"):
         table.add_column(column, justify="left" if column == "method" else "right")

@@ -64,6 +64,13 @@ Compile = Annotated[Optional[bool], typer.Option("--compile", help="torch.compil
 EndToEnd = Annotated[Optional[bool], typer.Option("--e2e", help="--profile: add a real-size random VAE decode.")]
 FbcacheThreshold = Annotated[Optional[float], typer.Option(help="FirstBlockCache residual threshold (0.05).")]
 PabSkip = Annotated[Optional[int], typer.Option(help="PyramidAttentionBroadcast: recompute every N-th call (2).")]
+Shard = Annotated[
+    Optional[str], typer.Option(help="I/N: run only the I-th of every N prompt × seed groups (one process's share).")
+]
+Merge = Annotated[
+    Optional[str],
+    typer.Option(help="Comma list of folders that ran shares of this bench: write the whole bench into --out."),
+]
 TaylorseerInterval = Annotated[Optional[int], typer.Option(help="TaylorSeer: full step every N steps (5).")]
 
 
@@ -97,6 +104,8 @@ def bench(
     profile_latent: ProfileLatent = None,
     compile: Compile = None,
     e2e: EndToEnd = None,
+    shard: Shard = None,
+    merge: Merge = None,
     model: Model = None,
     steps: Steps = None,
     frames: Frames = None,
@@ -148,7 +157,7 @@ def bench(
                 prompts=prompt, held_out=held_out, seeds=_split(seeds, int, "seeds"), warmup=warmup,
                 repeats=repeats, metrics=_split(metrics, flag="metrics"),
                 profile=profile, profile_latent=_split(profile_latent, int, "profile-latent"), compile=compile,
-                e2e=e2e, router=router,
+                e2e=e2e, router=router, shard=_split(shard.replace("/", ","), int, "shard") if shard else None,
             ),
             dict(model=model, steps=steps, frames=frames, height=height, width=width, guidance=guidance,
                  device=device, dtype=dtype, offload=offload, attention_backend=attention_backend,
@@ -160,6 +169,20 @@ def bench(
             causal_flags if causal else None,
         )
         runner = Bench(bench_spec, out)
+        if merge:
+            from ..bench import merged_records
+            from ..outputs import check_writable
+
+            if shard:
+                raise ValueError("--merge joins the shares of a whole bench: drop --shard")
+            records = merged_records(bench_spec, [Path(folder) for folder in _split(merge, flag="merge")])
+            check_writable(runner.json_path)
+    if merge:
+        with runtime_failure(verbose):
+            runner.records = records
+            _print_result(runner.finish(), out)
+        return
+    with bad_input():
         runner.check()
         if not bench_spec.profile:
             configs = [bench_spec.prune_config(e, r) for e in bench_spec.entries if e.spends_budget
@@ -191,22 +214,32 @@ def bench(
 
     with runtime_failure(verbose):
         result = _run_with_progress(runner, pipe)
+    _print_result(result, out)
 
-    from rich.table import Table
 
-    from ..bench import table_rows
+def _print_result(result, out: Path) -> None:
+    from ..bench import paired_comparisons, paired_table_rows, table_rows
 
-    header, rows = table_rows(result.aggregates)
-    table = Table(title=f"vidprune bench → {out} ({result.records[0]['device'] if result.records else ''})",
-                  title_justify="left")
-    for title in header:
-        table.add_column(title, justify="left" if title == "method" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    device = result.records[0]["device"] if result.records else ""
+    console.print(_table(f"vidprune bench → {out} ({device})", *table_rows(result.aggregates)))
+    paired = paired_comparisons(result.records)
+    if paired:
+        console.print(_table("paired over prompt × seed: restoration vs none, each variant vs ToMe (PSNR dB)",
+                             *paired_table_rows(paired)))
     if result.skipped:
         console.print(f"resumed: {result.skipped} finished records were not run again")
     console.print("files: " + ", ".join(str(path) for path in result.files.values()))
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for heading in header:
+        table.add_column(heading, justify="left" if heading in ("method", "restore") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _run_with_progress(runner, pipe):

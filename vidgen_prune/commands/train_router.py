@@ -17,6 +17,7 @@ from .common import (
     Height,
     KvWindow,
     Model,
+    Restore,
     Seed,
     SinkFrames,
     Width,
@@ -47,6 +48,10 @@ def train_router(
     width: Width = None,
     guidance: Guidance = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints.")] = 25,
+    objective: Annotated[
+        str, typer.Option(help="pass: match each CFG pass's velocity; guided: the velocity the sampler steps with.")
+    ] = "pass",
+    restore: Restore = None,
     seed: Seed = None,
     device: Device = None,
     causal: Causal = False,
@@ -83,6 +88,7 @@ def train_router(
             target_reduction=target_reduction, steps=steps, lr=lr, ratio_lr=ratio_lr, ratio_weight=ratio_weight,
             batch=batch, checkpoint_every=checkpoint_every, seed=sampling.seed,  # --seed, else the preset's, else 0
             causal=causal_config,
+            objective=objective, restore=restore or "none",
         )
         check_writable(out / "router.yaml")
         first_step = checkpoint_step(config)

@@ -41,6 +41,7 @@ def full_update(update: torch.Tensor, positions: torch.Tensor, tokens: int) -> t
     return full.scatter_(1, positions.unsqueeze(-1).expand_as(update), update)
 
 
+@torch.no_grad()  # a choice of rows: no gradient flows through it (router training)
 def most_similar_kept(hidden: torch.Tensor, positions: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
     """(B, N) int64: for each token, the position of the most cosine-similar kept token of its own latent frame
     (itself when kept; a frame with no kept token takes the best match over the whole clip)."""
