@@ -17,7 +17,7 @@ stage cannot eat the rest; results are rewritten after every stage:
   profile-compile    dense and tape at 0.3 with --compile (--kernels torch: the fused path calls the block's
                      submodules itself, so it would bypass the compiled block forward)
   bench-kernels      benchmarks/bench_kernels.py
-  extra:<profile>    every other profile of vidgen_prune.bench.PROFILES, read at run time: dense and tape at 0.3
+  extra:<profile>    every other profile of vidgen_prune.models.profiles(), read at run time: dense and tape at 0.3
 
 Everything lands in $OUT: gpu_check.json (environment, every stage's records and findings), gpu_check.log (every
 stage's output) and summary.md (the table printed last). This file is also the correctness stage's entry point
@@ -153,12 +153,8 @@ missing = [m for m in sys.argv[1].split(",") if importlib.util.find_spec(m) is N
 info = {"python": platform.python_version(), "missing": missing}
 if not missing:
     import diffusers, torch, triton, vidgen_prune
-    try:  # every family's profiles, where the adapters own them
-        from vidgen_prune.models import profiles
-        names = list(profiles())
-    except ImportError:  # one table in the bench
-        from vidgen_prune.bench import PROFILES
-        names = list(PROFILES)
+    from vidgen_prune.models import profiles
+    names = list(profiles())
     info.update(torch=torch.__version__, triton=triton.__version__, diffusers=diffusers.__version__,
                 vidgen_prune=vidgen_prune.__file__, profiles=names, cuda=torch.cuda.is_available())
     if torch.cuda.is_available():

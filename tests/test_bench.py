@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vidgen_prune import bench as bench_module
 from vidgen_prune.bench import AGGREGATE_FIELDS, RUN_FIELDS, Bench, check_budgets, make_spec
+from vidgen_prune.bench import runner as bench_runner
 from vidgen_prune.cli import app
 from vidgen_prune.config import GenerateConfig, PruneConfig
 from vidgen_prune.engine import generate, pruned
@@ -135,7 +135,7 @@ TINY_PROFILE = Profile(
 @torch.no_grad()
 def test_profile_runs_a_composed_cache_and_decodes_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(WanAdapter.profiles, "tiny-test", TINY_PROFILE)
-    monkeypatch.setattr(bench_module, "time_vae_decode", lambda decode, spec: 0.25)  # the real-size VAE is slow here
+    monkeypatch.setattr(bench_runner, "time_vae_decode", lambda decode, spec: 0.25)  # the real-size VAE is slow here
     spec = make_spec(
         None, dict(methods=["dense", "tape+fbcache"], reductions=[0.3], profile="tiny-test", profile_latent=[3, 8, 8],
                    warmup=0, e2e=True),
