@@ -476,7 +476,7 @@ def correctness(path: Path, rehearse: bool) -> None:
     torch.manual_seed(0)
     transformer = build_profile_transformer(PRIMARY, device, torch.bfloat16)
     config = transformer.config
-    frames, height, width = getattr(spec, "latent", None) or spec.profile_latent  # `latent`: the profile's own
+    frames, height, width = spec.latent  # --profile-latent, else the profile's own
     inputs = dict(hidden_states=torch.randn(1, config.in_channels, frames, height, width, device=device,
                                             dtype=torch.bfloat16),
                   encoder_hidden_states=torch.randn(1, spec.gen.max_sequence_length, config.text_dim, device=device,

@@ -164,4 +164,3 @@ def bench_header(spec: BenchSpec) -> dict:
     }
 
 
-

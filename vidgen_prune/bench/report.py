@@ -48,9 +48,6 @@ def paired_markdown(rows: list[dict]) -> str:
     ]) + "\n"
 
 
-
-
-
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(row) + " |" for row in rows])
