@@ -356,6 +356,7 @@ def train_router(
         return TrainResult(net.eval(), first_step, losses, 0.0, 0.0)
 
     start = time.perf_counter()
+
     def on_prompt(done: int) -> None:
         on_collect(done, len(config.prompts))
 
