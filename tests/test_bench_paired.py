@@ -61,6 +61,11 @@ def test_shards_merge_into_the_whole_bench_with_its_paired_report(tiny_model_dir
     shares = [json.loads((tmp_path / f"share{share}" / "bench.json").read_text())["records"] for share in (1, 2)]
     assert [{r["prompt"] for r in records} for records in shares] == [{PROMPTS[0]}, {PROMPTS[1]}]
     assert all(len(records) == 4 for records in shares)
+    for share in (1, 2):  # as if the shares ran on another machine than the merge
+        path = tmp_path / f"share{share}" / "bench.json"
+        saved = json.loads(path.read_text())
+        saved["records"] = [record | {"device": "cpu: the shards' machine"} for record in saved["records"]]
+        path.write_text(json.dumps(saved))
 
     whole = tmp_path / "whole"
     merged = bench("--spec", spec, "--merge", f"{tmp_path / 'share1'},{tmp_path / 'share2'}", "--out", whole)
@@ -73,6 +78,7 @@ def test_shards_merge_into_the_whole_bench_with_its_paired_report(tiny_model_dir
                                                                       ("dense", "tape@none", "tape@similar", "tome")}
     assert [(row["restore"], row["pairs"]) for row in saved["paired"]] == [("none", 2), ("similar", 2)]
     assert (whole / "paired.md").read_text().startswith("| method | r | restore | pairs |")
+    assert saved["device"] == "cpu: the shards' machine"  # the records' device, not the merging process's
     assert "paired over prompt × seed" in merged.output
 
 

@@ -76,8 +76,10 @@ def write_outputs(result: BenchResult, spec: BenchSpec, out_dir: Path) -> dict[s
         if result.aggregates:
             plot(result.aggregates, partial["speedup_vs_fidelity.png"], profile=spec.profile is not None)
         extra = {"paired": paired} if paired else {}
-        write_json_to(bench_header(spec) | {"records": result.records, "aggregates": result.aggregates} | extra,
-                      partial["bench.json"], allow_nan=BENCH_JSON_NAN)
+        # the devices the records ran on: a --merge process may not be one of them
+        devices = {"device": ", ".join(dict.fromkeys(r["device"] for r in result.records))} if result.records else {}
+        body = {"records": result.records, "aggregates": result.aggregates} | extra
+        write_json_to(bench_header(spec) | devices | body, partial["bench.json"], allow_nan=BENCH_JSON_NAN)
     return {("plot" if name.endswith(".png") else name): path for name, path in files.items()}
 
 
