@@ -608,11 +608,18 @@ def test_a_flag_overrides_the_preset(engine_stub, tmp_path, flag, value, field):
         assert prune.method == "evit"
 
 
-def test_without_preset_or_flags_generate_prunes_with_tape_at_0_3(engine_stub, tmp_path):
+def test_without_flags_generate_takes_the_embedded_preset_and_else_tape_at_0_3(engine_stub, tmp_path):
     result = run("generate", "--prompt", "a red circle", "--out", tmp_path / "c.mp4")
     assert result.exit_code == 1 and engine_stub, result.output
-    gen, prune = engine_stub[0]
-    assert (prune.method, prune.reduction, gen.seed, gen.device, gen.dtype) == ("tape", 0.3, 0, "cpu", "float32")
+    gen, prune = engine_stub[0]  # the embedded model's preset: the restoration bench's choice
+    assert (prune.method, prune.reduction, prune.restore) == ("stavit", 0.3, "neighbours")
+    assert (gen.seed, gen.device, gen.dtype) == (0, "cpu", "float32")
+    preset = tmp_path / "no-prune.yaml"  # a preset that says nothing of pruning: the CLI's own defaults
+    preset.write_text("generate:\n  steps: 3\n")
+    result = run("generate", "--prompt", "a red circle", "--preset", preset, "--out", tmp_path / "c.mp4")
+    assert result.exit_code == 1 and len(engine_stub) == 2, result.output
+    gen, prune = engine_stub[1]
+    assert (prune.method, prune.reduction, prune.restore, gen.steps) == ("tape", 0.3, "none", 3)
 
 
 # ------------------------------------------------------------------------------ batch
