@@ -745,16 +745,40 @@ ENTRY_POINTS = {
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_cli_sets_a_passive_openmp_wait_policy_before_torch_loads(entry, given, expected):
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_the_cli_chooses_the_openmp_wait_policy_before_torch_loads(entry, given):
     code = "import os, sys\n" + ENTRY_POINTS[entry] + textwrap.dedent("""
         assert "torch" not in sys.modules, "torch loaded before the policy was set"
-        print(os.environ["OMP_WAIT_POLICY"])
+        from vidgen_prune.threads import another_task_running
+        print(os.environ.get("OMP_WAIT_POLICY", "unset"), another_task_running())
     """)
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given
                                                                             else {})
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == expected
+    policy, busy = done.stdout.strip().splitlines()[-1].split()
+    if given:
+        assert policy == given  # the user's choice stands
+    else:  # chosen from what ran at import time (the decision itself: the test below)
+        assert policy in ("PASSIVE", "unset") and busy in ("True", "False")
+
+
+@pytest.mark.parametrize(("loadavg", "busy"), [("0.30 0.20 0.10 1/93 4242\n", False),
+                                               ("1.90 1.20 0.80 3/95 4242\n", True),
+                                               (None, True), ("garbled\n", True)])
+def test_the_wait_policy_is_passive_only_beside_another_running_task_and_never_over_the_users(tmp_path, loadavg,
+                                                                                           busy):
+    from vidgen_prune.threads import another_task_running, choose_wait_policy
+
+    path = tmp_path / "loadavg"
+    if loadavg is not None:
+        path.write_text(loadavg)
+    assert another_task_running(str(path)) is busy
+    environ: dict = {}
+    choose_wait_policy(environ, busy)
+    assert environ == ({"OMP_WAIT_POLICY": "PASSIVE"} if busy else {})
+    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
+    choose_wait_policy(environ, True)
+    assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
