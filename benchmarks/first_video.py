@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         "dense_pipeline_s": dense_sidecar["timings"]["total_s"], "pipeline_s": sidecar["timings"]["total_s"],
         "device": sidecar["device"],
     }
-    title = (f"\"{args.prompt}\", seed {sidecar['seed']}: {prune['method']} r={prune['reduction']:g} "
-             f"restore={prune['restore']} (kept {figures['kept_fraction']:.3f}) vs dense — "
+    title = (f"\"{args.prompt}\", seed {sidecar['seed']}\n{prune['method']} r={prune['reduction']:g} "
+             f"restore={prune['restore']} (kept {figures['kept_fraction']:.3f}) against dense: "
              f"PSNR {figures['psnr']:.2f} dB, SSIM {figures['ssim']:.3f} (decoded MP4s)")
     draw(dense, pruned, title, args.out)
     print(json.dumps(figures, indent=1))
