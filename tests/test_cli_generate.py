@@ -35,6 +35,16 @@ def test_generate_writes_a_decodable_mp4_and_sidecar(tiny_model_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+@pytest.mark.parametrize(("flags", "title"), [(["--method", "dense"], "dense →"),
+                                              (["--method", "stavit", "--restore", "similar"],
+                                               "stavit at reduction 0.3, restore similar →")])
+def test_the_printed_title_names_what_ran(tiny_model_dir, tmp_path, flags, title):
+    result = run("--prompt", "a red circle moving left", "--model", tiny_model_dir, *flags, *SMALL,
+                 "--out", tmp_path / "clip.mp4")
+    assert result.exit_code == 0, result.output
+    assert title in " ".join(result.output.split())  # the table may wrap the title
+
+
 @pytest.mark.parametrize(("preset", "text_positions"), [([], 512), (["--preset", "tiny-wan"], 16)])
 def test_the_presets_text_length_reaches_the_prompt_encoder(tiny_model_dir, tmp_path, monkeypatch, preset,
                                                             text_positions):

@@ -191,7 +191,7 @@ def generate(
         return
     console.print(
         key_value_table(
-            f"{prune.method} at reduction {prune.reduction:g} → {out_path}",
+            f"{_run_title(prune)} → {out_path}",
             [
                 ("total latency", f"{timings['total_s']:.2f} s"),
                 ("per step", f"{timings['mean_step_s'] * 1000:.0f} ms"),
@@ -313,3 +313,11 @@ def _run_with_progress(pipe, gen, prune):
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("denoising", total=gen.steps)
         return run_generation(pipe, gen, prune, on_step=lambda done, total: progress.update(task, completed=done))
+
+
+def _run_title(prune) -> str:
+    """The printed table's title: "dense", or the method, its reduction and (when on) its restoration."""
+    if prune.method == "dense":
+        return "dense"
+    restore = f", restore {prune.restore}" if prune.restore != "none" else ""
+    return f"{prune.method} at reduction {prune.reduction:g}{restore}"
