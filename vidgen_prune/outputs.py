@@ -100,6 +100,17 @@ def writing(path: Path) -> Iterator[None]:
         raise OutputError(path, error.strerror or str(error)) from error
 
 
+def save_png(figure, path: Path, dpi: int) -> None:
+    """Write a matplotlib figure to `path` as PNG (an OSError names the path) and close it, written or not."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with writing(path):
+            figure.savefig(path, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
+
+
 def _flush_to_disk(path: Path) -> None:
     """fsync: some filesystems (NFS, delayed allocation) report a full disk only here, not at write()."""
     descriptor = os.open(path, os.O_RDONLY)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig, check_finite, check_seed
-from .outputs import atomic_files, write_json, writing
+from .outputs import atomic_files, save_png, write_json, writing
 from .pruning.router import (
     BIN,
     MIN_RETENTION,
@@ -502,11 +502,7 @@ def plot_losses(losses: list[dict], path: Path) -> None:
     ratio_axis.set_ylabel("mean layer ratio ρ", color="tab:orange")
     figure.suptitle("train-router: distillation loss and mean retention ratio")
     figure.tight_layout()
-    try:
-        with writing(path):
-            figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
+    save_png(figure, path, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------------------------

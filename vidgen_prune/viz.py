@@ -172,13 +172,12 @@ def _enlarged(frames: np.ndarray) -> np.ndarray:
 def write_mask_files(views: Sequence[MaskView], png: Path, geometry: TokenGeometry, layer: int, step: int,
                      fps: int) -> Path:
     """The PNG grid and, beside it, the side-by-side MP4: both reach their paths or neither does. Returns the MP4's."""
-    from .outputs import atomic_files, encode_mp4, writing
+    from .outputs import atomic_files, encode_mp4, save_png
 
     video = png.with_suffix(".mp4")
     with atomic_files(video, png) as (video_partial, png_partial):
         encode_mp4(side_by_side_frames(views), video_partial, fps)
-        with writing(png_partial):
-            grid_figure(views, geometry, layer, step).savefig(png_partial, format="png", dpi=100)
+        save_png(grid_figure(views, geometry, layer, step), png_partial, dpi=100)
     return video
 
 

@@ -101,7 +101,7 @@ def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..outputs import writing
+    from ..outputs import save_png
 
     panels = (("flop_bound_speedup", "FLOP-bound speedup ×"),) if profile else (("psnr", "PSNR vs dense (dB)"),
                                                                                ("ssim", "SSIM vs dense"))
@@ -123,8 +123,4 @@ def plot(aggregates: list[dict], path: Path, profile: bool) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    try:
-        with writing(path):
-            figure.savefig(path, format="png", dpi=120)
-    finally:
-        plt.close(figure)
+    save_png(figure, path, dpi=120)
